@@ -46,6 +46,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod header;
+pub mod registry;
 
 pub use codec::{from_msgpack, to_msgpack, CodecError, ContentType};
 pub use error::{code, RpcError};
@@ -54,3 +55,7 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use header::{CallHeader, ReplyHeader, DEFAULT_MAX_HEADER_LEN, MAX_NAME_LEN};
+pub use registry::{
+    Digest, EndpointInfo, MemberId, NodeRecord, ServiceInfo, Subscription, SyncRequest,
+    SyncResponse, MAX_RECORD_LEN,
+};

@@ -1,0 +1,151 @@
+//! Membership configuration and its presets.
+
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use foca::PeriodicParams;
+
+/// How a node runs SWIM and keeps the registry in sync.
+///
+/// Start from a preset ([`lan`](Self::lan), [`wan`](Self::wan), [`local`](Self::local)) and
+/// adjust fields; every number in a preset says where it comes from.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Cluster name. Datagrams carry a 32-bit tag of it; datagrams of other clusters are dropped.
+    pub cluster: String,
+    /// foca's SWIM settings (probe period, suspicion timeout, fan-outs, periodic tasks).
+    /// `swim.max_packet_size` is derived from [`max_datagram_size`](Self::max_datagram_size) when the
+    /// core is built.
+    pub swim: foca::Config,
+    /// Largest datagram the transport carries (envelope included).
+    pub max_datagram_size: usize,
+    /// A record whose encoding fits in this many bytes is gossiped whole; a larger one is gossiped
+    /// as a digest and pulled by whoever needs it.
+    pub inline_record_max: usize,
+    /// Interval of push/pull anti-entropy with one random member.
+    pub anti_entropy_interval: Duration,
+    /// First retry delay when no seed answers; doubles up to `join_backoff_max`.
+    pub join_backoff_min: Duration,
+    /// Longest delay between join attempts.
+    pub join_backoff_max: Duration,
+    /// How often a joined node announces itself again to configured seeds it does not currently
+    /// see alive (finds a seed that restarted alone, heals a partition through the seeds).
+    pub seed_recheck_interval: Duration,
+    /// Registry syncs (pulls) in flight at once.
+    pub max_concurrent_syncs: usize,
+    /// Time allowed for one registry sync before it counts as failed.
+    pub sync_timeout: Duration,
+    /// Records held at most (members known by address). Further records are dropped and counted.
+    pub max_records: usize,
+}
+
+/// A datagram size that fits any path with a 1500-byte MTU and a QUIC or IPv6 overhead:
+/// foca's own default `max_packet_size` (1400).
+pub const DEFAULT_MAX_DATAGRAM_SIZE: usize = 1400;
+
+impl MembershipConfig {
+    /// For a LAN. SWIM settings are foca's `Config::new_lan(cluster_size)` (themselves derived from
+    /// memberlist's `DefaultLANConfig`): probe every 1 s, 500 ms to ack, suspicion timeout
+    /// `4 × max(1, log10 n)` s, gossip every 200 ms to 3 members, announce to 2 down members every
+    /// 65 s. Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs.
+    pub fn lan(cluster_size: u32) -> Self {
+        let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            cluster: "mesh".into(),
+            swim: foca::Config::new_lan(n),
+            max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
+            inline_record_max: 512,
+            anti_entropy_interval: Duration::from_secs(30),
+            join_backoff_min: Duration::from_secs(1),
+            join_backoff_max: Duration::from_secs(30),
+            seed_recheck_interval: Duration::from_secs(30),
+            max_concurrent_syncs: 8,
+            sync_timeout: Duration::from_secs(5),
+            max_records: 65_536,
+        }
+    }
+
+    /// For a WAN. SWIM settings are foca's `Config::new_wan(cluster_size)` (from memberlist's
+    /// `DefaultWANConfig`): probe every 5 s, 3 s to ack, suspicion timeout `6 × max(1, log10 n) × 5` s,
+    /// gossip every 500 ms to 4 members. Anti-entropy every 60 s is memberlist's WAN
+    /// `PushPullInterval`.
+    pub fn wan(cluster_size: u32) -> Self {
+        let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            swim: foca::Config::new_wan(n),
+            anti_entropy_interval: Duration::from_secs(60),
+            join_backoff_max: Duration::from_secs(60),
+            seed_recheck_interval: Duration::from_secs(60),
+            sync_timeout: Duration::from_secs(15),
+            ..Self::lan(cluster_size)
+        }
+    }
+
+    /// For tests and simulations on one machine: memberlist's `DefaultLocalConfig` (probe 1 s,
+    /// timeout 200 ms, suspicion multiplier 3, gossip 100 ms, push/pull 15 s) scaled down five
+    /// times, so that a crash is detected within about two seconds.
+    ///
+    /// - probe every 200 ms, 100 ms to ack, 3 indirect probes;
+    /// - suspicion timeout 1 s; down members forgotten after 60 s;
+    /// - gossip every 50 ms to 3 members, 6 transmissions per update;
+    /// - announce to one member every 2 s, to two down members every 2 s;
+    /// - anti-entropy every 3 s; join retry from 100 ms to 1 s; seeds rechecked every 2 s.
+    pub fn local() -> Self {
+        let mut swim = foca::Config::simple();
+        swim.probe_period = Duration::from_millis(200);
+        swim.probe_rtt = Duration::from_millis(100);
+        swim.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+        swim.max_transmissions = NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN);
+        swim.suspect_to_down_after = Duration::from_secs(1);
+        swim.remove_down_after = Some(Duration::from_secs(60));
+        swim.notify_down_members = true;
+        let every = |ms, n| {
+            Some(PeriodicParams {
+                frequency: Duration::from_millis(ms),
+                num_members: NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN),
+            })
+        };
+        swim.periodic_announce = every(2_000, 1);
+        swim.periodic_announce_to_down_members = every(2_000, 2);
+        swim.periodic_gossip = every(50, 3);
+        Self {
+            cluster: "mesh".into(),
+            swim,
+            max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
+            inline_record_max: 512,
+            anti_entropy_interval: Duration::from_secs(3),
+            join_backoff_min: Duration::from_millis(100),
+            join_backoff_max: Duration::from_secs(1),
+            seed_recheck_interval: Duration::from_secs(2),
+            max_concurrent_syncs: 8,
+            sync_timeout: Duration::from_secs(2),
+            max_records: 65_536,
+        }
+    }
+
+    /// Upper bound on the time from a crash until every alive member has declared the crashed
+    /// member down, for a cluster of `n` members with no packet loss.
+    ///
+    /// foca probes members in a shuffled round-robin, so a member is probed at least once every
+    /// `n` probe periods (in expectation much sooner: SWIM's analysis gives a first detection after
+    /// about 1.58 periods). A failed probe marks it suspect, and it is declared down
+    /// `suspect_to_down_after` later; the `Down` update then spreads by gossip in
+    /// `O(log n)` gossip rounds, bounded here by `max_transmissions` rounds of `periodic_gossip`.
+    pub fn detection_bound(&self, n: usize) -> Duration {
+        let probe = self.swim.probe_period * u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let gossip = self
+            .swim
+            .periodic_gossip
+            .as_ref()
+            .map_or(self.swim.probe_period, |p| p.frequency)
+            * u32::from(self.swim.max_transmissions.get());
+        probe + self.swim.probe_rtt + self.swim.suspect_to_down_after + gossip
+    }
+}
+
+impl Default for MembershipConfig {
+    /// [`MembershipConfig::lan`] for a cluster of about 32 nodes.
+    fn default() -> Self {
+        Self::lan(32)
+    }
+}

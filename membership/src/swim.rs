@@ -1,0 +1,639 @@
+//! What foca needs from us: the member identity, a binary codec for SWIM headers and member
+//! updates, the datagram envelope, and the custom-broadcast handler that carries registry items.
+//!
+//! All decoders here take bytes from the network: they check lengths before every read and return
+//! [`SwimDecodeError`], never panic.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Buf, BufMut};
+use foca::{BroadcastHandler, Codec, Header, Incarnation, Invalidates, Member, Message, State};
+use mesh_protocol::{MemberId, NodeRecord};
+
+/// First two bytes of every membership datagram: ASCII `MG`.
+pub const DATAGRAM_MAGIC: [u8; 2] = *b"MG";
+/// Version of the membership datagram format.
+pub const DATAGRAM_VERSION: u8 = 1;
+/// Bytes of envelope before the SWIM packet: magic (2), version (1), cluster tag (4).
+pub const ENVELOPE_LEN: usize = 7;
+
+/// A newtype so foca's `Identity` can be implemented for the wire type [`MemberId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SwimId(pub MemberId);
+
+impl foca::Identity for SwimId {
+    type Addr = SocketAddr;
+
+    /// A renewed identity is the next generation at the same address.
+    fn renew(&self) -> Option<Self> {
+        Some(SwimId(MemberId::new(
+            self.0.addr,
+            self.0.generation.checked_add(1)?,
+        )))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Between two lives of the same address, the later generation wins: a restarted node
+    /// replaces its dead predecessor at once, and the predecessor can never come back.
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.0.generation > adversary.0.generation
+    }
+}
+
+/// The 32-bit tag of a cluster name (FNV-1a), carried in every datagram so that two clusters
+/// sharing a network ignore each other.
+pub fn cluster_tag(cluster: &str) -> u32 {
+    cluster.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Writes the envelope for `tag`.
+pub fn write_envelope(tag: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&DATAGRAM_MAGIC);
+    out.push(DATAGRAM_VERSION);
+    out.extend_from_slice(&tag.to_be_bytes());
+}
+
+/// Why a datagram was dropped before it reached foca.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Shorter than the envelope.
+    #[error("datagram shorter than the envelope")]
+    Truncated,
+    /// Not a mesh membership datagram.
+    #[error("bad magic")]
+    BadMagic,
+    /// A membership format version we do not speak.
+    #[error("unsupported membership datagram version {0}")]
+    Version(u8),
+    /// Another cluster's datagram.
+    #[error("datagram of another cluster (tag {0:08x})")]
+    OtherCluster(u32),
+}
+
+/// Checks the envelope and returns the SWIM packet after it.
+pub fn open_envelope(tag: u32, data: &[u8]) -> Result<&[u8], EnvelopeError> {
+    let Some((head, rest)) = data.split_first_chunk::<ENVELOPE_LEN>() else {
+        return Err(if data.len() >= 2 && data[..2] != DATAGRAM_MAGIC {
+            EnvelopeError::BadMagic
+        } else {
+            EnvelopeError::Truncated
+        });
+    };
+    if head[..2] != DATAGRAM_MAGIC {
+        return Err(EnvelopeError::BadMagic);
+    }
+    if head[2] != DATAGRAM_VERSION {
+        return Err(EnvelopeError::Version(head[2]));
+    }
+    let theirs = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+    if theirs != tag {
+        return Err(EnvelopeError::OtherCluster(theirs));
+    }
+    Ok(rest)
+}
+
+/// Why SWIM bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwimDecodeError {
+    /// The packet ended early.
+    #[error("truncated SWIM packet")]
+    Truncated,
+    /// A tag byte outside the defined range.
+    #[error("invalid {what} tag {tag}")]
+    BadTag {
+        /// Which field.
+        what: &'static str,
+        /// The value found.
+        tag: u8,
+    },
+    /// Not enough room in the packet to encode (foca handles this by sending what fits).
+    #[error("no room in packet")]
+    NoRoom,
+}
+
+/// foca codec: a compact, fixed binary layout (see `docs/PROTOCOL.md`, "Gossip datagrams").
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwimCodec;
+
+const ID_V4_LEN: usize = 1 + 4 + 2 + 8;
+const ID_V6_LEN: usize = 1 + 16 + 2 + 8;
+
+fn id_len(id: &MemberId) -> usize {
+    match id.addr {
+        SocketAddr::V4(_) => ID_V4_LEN,
+        SocketAddr::V6(_) => ID_V6_LEN,
+    }
+}
+
+fn put_id(id: &MemberId, out: &mut Vec<u8>) {
+    match id.addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&id.addr.port().to_be_bytes());
+    out.extend_from_slice(&id.generation.to_be_bytes());
+}
+
+fn need(buf: &impl Buf, n: usize) -> Result<(), SwimDecodeError> {
+    if buf.remaining() < n {
+        Err(SwimDecodeError::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(buf: &mut impl Buf) -> Result<u8, SwimDecodeError> {
+    buf.try_get_u8().map_err(|_| SwimDecodeError::Truncated)
+}
+
+fn get_u16(buf: &mut impl Buf) -> Result<u16, SwimDecodeError> {
+    buf.try_get_u16().map_err(|_| SwimDecodeError::Truncated)
+}
+
+fn get_u64(buf: &mut impl Buf) -> Result<u64, SwimDecodeError> {
+    buf.try_get_u64().map_err(|_| SwimDecodeError::Truncated)
+}
+
+/// Decodes a member id in the layout of [`SwimCodec`].
+pub fn get_id(buf: &mut impl Buf) -> Result<MemberId, SwimDecodeError> {
+    let ip = match get_u8(buf)? {
+        4 => {
+            need(buf, 4)?;
+            let mut o = [0; 4];
+            buf.copy_to_slice(&mut o);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            need(buf, 16)?;
+            let mut o = [0; 16];
+            buf.copy_to_slice(&mut o);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        tag => {
+            return Err(SwimDecodeError::BadTag {
+                what: "address family",
+                tag,
+            })
+        }
+    };
+    let port = get_u16(buf)?;
+    let generation = get_u64(buf)?;
+    Ok(MemberId::new(SocketAddr::new(ip, port), generation))
+}
+
+fn encode_header(h: &Header<SwimId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 * ID_V6_LEN + 4 + ID_V6_LEN);
+    put_id(&h.src.0, &mut out);
+    out.extend_from_slice(&h.src_incarnation.to_be_bytes());
+    put_id(&h.dst.0, &mut out);
+    let (tag, rest): (u8, Option<(&SwimId, u8)>) = match &h.message {
+        Message::Ping(n) => (0, Some((&h.dst, *n))),
+        Message::Ack(n) => (1, Some((&h.dst, *n))),
+        Message::PingReq {
+            target,
+            probe_number,
+        } => (2, Some((target, *probe_number))),
+        Message::IndirectPing {
+            origin,
+            probe_number,
+        } => (3, Some((origin, *probe_number))),
+        Message::IndirectAck {
+            target,
+            probe_number,
+        } => (4, Some((target, *probe_number))),
+        Message::ForwardedAck {
+            origin,
+            probe_number,
+        } => (5, Some((origin, *probe_number))),
+        Message::Announce => (6, None),
+        Message::Feed => (7, None),
+        Message::Gossip => (8, None),
+        Message::Broadcast => (9, None),
+        Message::TurnUndead => (10, None),
+    };
+    out.push(tag);
+    match (tag, rest) {
+        (0 | 1, Some((_, n))) => out.push(n),
+        (_, Some((id, n))) => {
+            put_id(&id.0, &mut out);
+            out.push(n);
+        }
+        (_, None) => {}
+    }
+    out
+}
+
+fn decode_header(buf: &mut impl Buf) -> Result<Header<SwimId>, SwimDecodeError> {
+    let src = SwimId(get_id(buf)?);
+    let src_incarnation = get_u16(buf)?;
+    let dst = SwimId(get_id(buf)?);
+    let tag = get_u8(buf)?;
+    let message = match tag {
+        0 => Message::Ping(get_u8(buf)?),
+        1 => Message::Ack(get_u8(buf)?),
+        2..=5 => {
+            let id = SwimId(get_id(buf)?);
+            let probe_number = get_u8(buf)?;
+            match tag {
+                2 => Message::PingReq {
+                    target: id,
+                    probe_number,
+                },
+                3 => Message::IndirectPing {
+                    origin: id,
+                    probe_number,
+                },
+                4 => Message::IndirectAck {
+                    target: id,
+                    probe_number,
+                },
+                _ => Message::ForwardedAck {
+                    origin: id,
+                    probe_number,
+                },
+            }
+        }
+        6 => Message::Announce,
+        7 => Message::Feed,
+        8 => Message::Gossip,
+        9 => Message::Broadcast,
+        10 => Message::TurnUndead,
+        tag => {
+            return Err(SwimDecodeError::BadTag {
+                what: "message",
+                tag,
+            })
+        }
+    };
+    Ok(Header {
+        src,
+        src_incarnation,
+        dst,
+        message,
+    })
+}
+
+/// Decodes just the source of a SWIM packet (to check it against the datagram's origin).
+pub fn decode_header_src(mut packet: &[u8]) -> Result<MemberId, SwimDecodeError> {
+    decode_header(&mut packet).map(|h| h.src.0)
+}
+
+impl Codec<SwimId> for SwimCodec {
+    type Error = SwimDecodeError;
+
+    fn encode_header(
+        &mut self,
+        header: &Header<SwimId>,
+        mut buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
+        let bytes = encode_header(header);
+        if buf.remaining_mut() < bytes.len() {
+            return Err(SwimDecodeError::NoRoom);
+        }
+        buf.put_slice(&bytes);
+        Ok(())
+    }
+
+    fn decode_header(&mut self, mut buf: impl Buf) -> Result<Header<SwimId>, Self::Error> {
+        decode_header(&mut buf)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<SwimId>,
+        mut buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
+        let id = &member.id().0;
+        if buf.remaining_mut() < id_len(id) + 3 {
+            return Err(SwimDecodeError::NoRoom);
+        }
+        let mut out = Vec::with_capacity(ID_V6_LEN + 3);
+        put_id(id, &mut out);
+        out.extend_from_slice(&member.incarnation().to_be_bytes());
+        out.push(match member.state() {
+            State::Alive => 0,
+            State::Suspect => 1,
+            State::Down => 2,
+        });
+        buf.put_slice(&out);
+        Ok(())
+    }
+
+    fn decode_member(&mut self, mut buf: impl Buf) -> Result<Member<SwimId>, Self::Error> {
+        let id = SwimId(get_id(&mut buf)?);
+        let incarnation: Incarnation = get_u16(&mut buf)?;
+        let state = match get_u8(&mut buf)? {
+            0 => State::Alive,
+            1 => State::Suspect,
+            2 => State::Down,
+            tag => return Err(SwimDecodeError::BadTag { what: "state", tag }),
+        };
+        Ok(Member::new(id, incarnation, state))
+    }
+}
+
+/// A registry item carried as a foca custom broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// "`id`'s record is at `version`": receivers holding less pull it.
+    Digest {
+        /// Record owner.
+        id: MemberId,
+        /// Current version.
+        version: u64,
+    },
+    /// A whole record, sent inline when it is small.
+    Record(NodeRecord),
+}
+
+const ITEM_DIGEST: u8 = 1;
+const ITEM_RECORD: u8 = 2;
+
+impl Item {
+    /// The owner and version the item speaks of.
+    pub fn key(&self) -> ItemKey {
+        match self {
+            Item::Digest { id, version } => ItemKey {
+                id: *id,
+                version: *version,
+            },
+            Item::Record(r) => ItemKey {
+                id: r.id,
+                version: r.version,
+            },
+        }
+    }
+
+    /// Encodes the item.
+    pub fn encode(&self) -> Result<Vec<u8>, mesh_protocol::CodecError> {
+        let mut out = Vec::new();
+        match self {
+            Item::Digest { id, version } => {
+                out.push(ITEM_DIGEST);
+                put_id(id, &mut out);
+                out.extend_from_slice(&version.to_be_bytes());
+            }
+            Item::Record(r) => {
+                out.push(ITEM_RECORD);
+                out.extend_from_slice(&r.encode()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes an item.
+    pub fn decode(mut data: &[u8]) -> Result<Self, ItemError> {
+        match get_u8(&mut data)? {
+            ITEM_DIGEST => {
+                let id = get_id(&mut data)?;
+                let version = get_u64(&mut data)?;
+                if !data.is_empty() {
+                    return Err(ItemError::Trailing);
+                }
+                Ok(Item::Digest { id, version })
+            }
+            ITEM_RECORD => Ok(Item::Record(NodeRecord::decode(data)?)),
+            tag => Err(SwimDecodeError::BadTag { what: "item", tag }.into()),
+        }
+    }
+}
+
+/// Why a registry item was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    /// Bad framing.
+    #[error(transparent)]
+    Swim(#[from] SwimDecodeError),
+    /// Bad record.
+    #[error(transparent)]
+    Record(#[from] mesh_protocol::CodecError),
+    /// Bytes after a digest.
+    #[error("trailing bytes after digest")]
+    Trailing,
+}
+
+/// Identifies what a broadcast says: a newer version of the same address's record replaces any
+/// older item still queued for retransmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemKey {
+    /// Record owner.
+    pub id: MemberId,
+    /// Version.
+    pub version: u64,
+}
+
+impl Invalidates for ItemKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.id.addr == other.id.addr
+            && (self.id.generation, self.version) >= (other.id.generation, other.version)
+    }
+}
+
+/// State shared between the broadcast handler (owned by foca) and the core: the newest
+/// `(generation, version)` heard of per address, and the items received since the last drain.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Highest `(generation, version)` heard of per address, from any source.
+    pub heard: HashMap<SocketAddr, (u64, u64)>,
+    /// Items received and not yet processed by the core, with the peer that sent them.
+    pub inbox: Vec<(Option<MemberId>, Item)>,
+}
+
+impl Shared {
+    /// Records that `(id, version)` is known; returns whether it is news.
+    pub fn hear(&mut self, id: MemberId, version: u64) -> bool {
+        let new = (id.generation, version);
+        match self.heard.get(&id.addr) {
+            Some(old) if *old >= new => false,
+            _ => {
+                self.heard.insert(id.addr, new);
+                true
+            }
+        }
+    }
+}
+
+/// Locks the shared state; a poisoned lock (a panic elsewhere) still holds consistent data
+/// because every critical section is a plain map or vec update.
+pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// foca's custom broadcast handler: decodes registry items, keeps only news, hands them to the
+/// core through [`Shared`].
+#[derive(Debug)]
+pub struct RegistryBroadcasts {
+    /// Shared with the core.
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+impl BroadcastHandler<SwimId> for RegistryBroadcasts {
+    type Key = ItemKey;
+    type Error = ItemError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&SwimId>,
+    ) -> Result<Option<ItemKey>, ItemError> {
+        let item = Item::decode(data)?;
+        let key = item.key();
+        let mut shared = lock(&self.shared);
+        // Items we add ourselves (sender None) are always queued; received ones only when news.
+        if !shared.hear(key.id, key.version) && sender.is_some() {
+            return Ok(None);
+        }
+        if sender.is_some() {
+            shared.inbox.push((sender.map(|s| s.0), item));
+        }
+        Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(port: u16, generation: u64) -> SwimId {
+        SwimId(MemberId::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            generation,
+        ))
+    }
+
+    #[test]
+    fn header_round_trip_every_message() {
+        let v6 = SwimId(MemberId::new("[::1]:9".parse().unwrap(), u64::MAX));
+        let msgs = [
+            Message::Ping(1),
+            Message::Ack(2),
+            Message::PingReq {
+                target: v6,
+                probe_number: 3,
+            },
+            Message::IndirectPing {
+                origin: id(5, 1),
+                probe_number: 4,
+            },
+            Message::IndirectAck {
+                target: id(6, 1),
+                probe_number: 5,
+            },
+            Message::ForwardedAck {
+                origin: v6,
+                probe_number: 6,
+            },
+            Message::Announce,
+            Message::Feed,
+            Message::Gossip,
+            Message::Broadcast,
+            Message::TurnUndead,
+        ];
+        for message in msgs {
+            let h = Header {
+                src: id(1, 7),
+                src_incarnation: 9,
+                dst: v6,
+                message,
+            };
+            let bytes = encode_header(&h);
+            let mut rd = &bytes[..];
+            assert_eq!(decode_header(&mut rd).unwrap(), h);
+            assert!(rd.is_empty());
+            // Every strict prefix is Truncated, never a panic.
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    decode_header(&mut &bytes[..cut]),
+                    Err(SwimDecodeError::Truncated)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn member_round_trip_and_no_room() {
+        let mut c = SwimCodec;
+        for state in [State::Alive, State::Suspect, State::Down] {
+            let m = Member::new(id(3, 2), 5, state);
+            let mut out = Vec::new();
+            c.encode_member(&m, &mut out).unwrap();
+            assert_eq!(c.decode_member(&out[..]).unwrap(), m);
+        }
+        let mut small = [0u8; 4];
+        assert_eq!(
+            c.encode_member(&Member::alive(id(3, 2)), &mut small[..]),
+            Err(SwimDecodeError::NoRoom)
+        );
+        assert!(matches!(
+            c.decode_member(&[4, 127, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]),
+            Err(SwimDecodeError::BadTag { what: "state", .. })
+        ));
+    }
+
+    #[test]
+    fn envelope_checks() {
+        let tag = cluster_tag("mesh");
+        let mut d = Vec::new();
+        write_envelope(tag, &mut d);
+        d.push(0xAB);
+        assert_eq!(open_envelope(tag, &d), Ok(&[0xAB][..]));
+        assert_eq!(
+            open_envelope(cluster_tag("other"), &d),
+            Err(EnvelopeError::OtherCluster(tag))
+        );
+        assert_eq!(open_envelope(tag, &d[..3]), Err(EnvelopeError::Truncated));
+        assert_eq!(
+            open_envelope(tag, b"GET / HTTP"),
+            Err(EnvelopeError::BadMagic)
+        );
+        d[2] = 9;
+        assert_eq!(open_envelope(tag, &d), Err(EnvelopeError::Version(9)));
+    }
+
+    #[test]
+    fn items_round_trip_and_newer_invalidates_older() {
+        let digest = Item::Digest {
+            id: id(1, 3).0,
+            version: 4,
+        };
+        assert_eq!(Item::decode(&digest.encode().unwrap()).unwrap(), digest);
+        let rec = Item::Record(NodeRecord::new(id(1, 3).0, "n"));
+        assert_eq!(Item::decode(&rec.encode().unwrap()).unwrap(), rec);
+        assert!(Item::decode(&[9]).is_err());
+        assert!(Item::decode(&[]).is_err());
+        let newer = ItemKey {
+            id: id(1, 3).0,
+            version: 5,
+        };
+        assert!(newer.invalidates(&digest.key()));
+        assert!(!digest.key().invalidates(&newer));
+        assert!(ItemKey {
+            id: id(1, 4).0,
+            version: 0
+        }
+        .invalidates(&newer));
+    }
+
+    #[test]
+    fn renewed_identity_wins_and_old_loses() {
+        use foca::Identity;
+        let a = id(1, 10);
+        let b = a.renew().unwrap();
+        assert!(b.win_addr_conflict(&a));
+        assert!(!a.win_addr_conflict(&b));
+        assert_eq!(a.addr(), b.addr());
+    }
+}
