@@ -1,5 +1,6 @@
 //! Multi-node membership tests on the in-memory network, on tokio's paused clock: every duration
 //! below is virtual, so the tests are fast and repeatable.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
