@@ -93,8 +93,9 @@ impl MembershipHandle {
         }
     }
 
-    /// Binds `addr` on an in-memory network and spawns a node there with a generation from
-    /// tokio's clock: the usual set-up of tests and examples.
+    /// Binds `addr` on an in-memory network and spawns a node there (generation from
+    /// [`generation_now`](crate::generation_now), RNG seeded from the network's seed): the usual
+    /// set-up of tests.
     pub fn spawn_mem(
         net: &crate::transport::mem::MemNetwork,
         addr: SocketAddr,
@@ -104,7 +105,7 @@ impl MembershipHandle {
     ) -> Self {
         let (transport, incoming) = net.bind(addr);
         let generation = crate::generation_now();
-        let seed = u64::from(addr.port()) ^ generation;
+        let seed = net.next_seed();
         let id = mesh_protocol::MemberId::new(addr, generation);
         Self::spawn(
             Membership::new(config, id, name, seed),

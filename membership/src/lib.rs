@@ -1,6 +1,96 @@
 //! Membership for mesh: SWIM gossip (via [foca]) and the shared service registry.
 //!
-//! TODO(design doc): filled in below once the driver lands.
+//! Every node holds the same picture of who is alive and what each node serves, with no central
+//! registry. This crate owns that picture; it leaves sockets and security to a [`Transport`]
+//! (the node crate's QUIC transport authenticates every peer; [`transport::udp`] is plain UDP for
+//! standalone use, [`transport::mem`] an in-memory network for tests and simulations).
+//!
+//! [`Transport`]: transport::Transport
+//!
+//! # Layers
+//!
+//! - [`Membership`] is a **sans-IO core**: it never reads a clock or touches a socket. Callers pass
+//!   `now`, feed datagrams ([`handle_datagram`](Membership::handle_datagram)), timers
+//!   ([`handle_timeout`](Membership::handle_timeout) at [`poll_timeout`](Membership::poll_timeout))
+//!   and sync results in, and take datagrams, sync tasks and [`Event`]s out with `poll_*`.
+//! - [`MembershipHandle`] is the **tokio driver**: one task owns the core and delivers its timers
+//!   in deadline order (foca requires `SendIndirectProbe` before the next `ProbeRandomMember`).
+//!
+//! # Identity
+//!
+//! A member is a [`MemberId`](mesh_protocol::MemberId): its advertised address and a
+//! *generation*, taken from the wall clock in microseconds when the node starts
+//! ([`generation_now`]). Between two ids of one address the higher generation wins
+//! (`win_addr_conflict`), so a node restarted at the same address replaces its predecessor at
+//! once (peers see foca's `Rename`, reported as `MemberDown(old)` then `MemberUp(new)`), and the
+//! predecessor can never come back: its packets lose the conflict and its records are refused.
+//! A node wrongly declared down renews itself to generation + 1 and rejoins by itself.
+//!
+//! # What is gossiped, what is pulled
+//!
+//! SWIM itself (probes, acks, indirect probes, membership updates piggybacked on them) rides
+//! datagrams of at most `max_datagram_size` bytes (1400 by default). Each node owns one versioned
+//! [`NodeRecord`](mesh_protocol::NodeRecord) (name, labels, services, subscriptions); a change
+//! bumps its version and is announced as a foca *custom broadcast*, retransmitted
+//! `max_transmissions` times and replaced in flight by any newer version of the same record:
+//!
+//! - a record that encodes to at most `inline_record_max` bytes (512) travels **whole**;
+//! - a larger one travels as a **digest** (owner id + version, 24 bytes). A node that hears of a
+//!   version newer than it holds emits a [`SyncTask`] to **pull** the record from its owner over a
+//!   reliable stream (QUIC stream, or TCP for the UDP transport). A record of 200 endpoints
+//!   (about 22 KiB) reaches every node this way.
+//!
+//! Three more pulls heal whatever gossip missed: a node that has just joined pulls the **whole
+//! registry** from the member that answered; every `anti_entropy_interval` each node does a
+//! **push/pull** with one random member (its digests and own record out, newer records back, and
+//! the records the peer lacks pushed in a follow-up); and a `MemberUp` for an identity whose
+//! record is missing triggers a pull from it.
+//!
+//! # What "down" means, and how fast
+//!
+//! Each `probe_period` a node probes one member (foca walks a shuffled list, so every member is
+//! probed at least once per `n` periods). No ack within `probe_rtt`, nor through
+//! `num_indirect_probes` other members, makes it *suspect*; its services stay visible. Unless it
+//! refutes within `suspect_to_down_after`, it is **down**: at that instant its services vanish
+//! from every lookup on the node that declared it, and the `Down` update spreads by gossip in
+//! `O(log n)` rounds. [`MembershipConfig::detection_bound`] gives the worst case; SWIM's
+//! analysis gives about 1.58 probe periods to first detection on average. With the
+//! [`local`](MembershipConfig::local) preset, a crash in a 10-node cluster vanished from all 9
+//! survivors in 1.5 s (bound 3.4 s). For [`lan`](MembershipConfig::lan) (1 s probes, 4 s
+//! suspicion, 10 nodes) the same reasoning estimates about 6 s, with a worst case of 15.3 s; that
+//! estimate is not yet measured.
+//!
+//! A **graceful leave** is faster than detection: the node publishes a farewell record (no
+//! services, `leaving`) and gossips its own `Down`; either one removes its services wherever it
+//! arrives, and members report it as [`MemberState::Left`] (50 ms for 6 nodes in the tests).
+//!
+//! # Joining
+//!
+//! [`join`](Membership::join) announces to every seed and retries with exponential backoff
+//! (`join_backoff_min` to `join_backoff_max`) until one answers. A node with no seeds is a cluster
+//! of one that others join. A joined node re-announces every `seed_recheck_interval` to seeds it
+//! does not see alive (a seed that restarted alone is found again), and starts over if it finds
+//! itself alone.
+//!
+//! # Hostile input and bounds
+//!
+//! Datagrams are checked before foca sees them: magic, version, cluster tag (a 32-bit hash of
+//! [`MembershipConfig::cluster`]) and a decodable SWIM header; everything else is counted in
+//! [`Stats`] and dropped. Decoders never panic. Queues between transport and driver are bounded
+//! (datagrams are dropped when full), syncs in flight are capped (`max_concurrent_syncs`), records
+//! are at most 1 MiB and at most `max_records` of them are held.
+//!
+//! Plain UDP is **unauthenticated**: anyone who can send to the port can forge SWIM traffic
+//! (including fake members). Production runs the node crate's QUIC transport, where every peer
+//! proves the cluster credentials and [`Membership::set_require_source_match`] binds each
+//! packet's SWIM source to the authenticated connection.
+//!
+//! # Examples
+//!
+//! See [`MembershipHandle`] for a two-node cluster on the in-memory network, and [`Membership`]
+//! for two cores wired by hand.
+//!
+//! [foca]: https://docs.rs/foca
 #![deny(missing_docs)]
 
 pub mod config;

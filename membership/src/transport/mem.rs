@@ -107,6 +107,12 @@ impl MemNetwork {
         )
     }
 
+    /// A seed for a node's RNG, drawn from the network's own seeded RNG, so that a test that
+    /// starts the same nodes in the same order replays the same run.
+    pub fn next_seed(&self) -> u64 {
+        self.lock().rng.random()
+    }
+
     /// Unbinds `addr`: a crash. Nothing more reaches it.
     pub fn unbind(&self, addr: SocketAddr) {
         self.lock().nodes.remove(&addr);

@@ -4,7 +4,7 @@
 //!
 //! A sync is one TCP connection: the requester writes the `RegistrySync` preamble and one
 //! `Header` frame holding the [`SyncRequest`]; the responder answers with one `Header` frame holding
-//! the [`SyncResponse`] and closes (`docs/PROTOCOL.md`, "Registry sync").
+//! the [`SyncResponse`](mesh_protocol::SyncResponse) and closes (`docs/PROTOCOL.md`, "Registry sync").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
