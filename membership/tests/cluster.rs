@@ -260,17 +260,21 @@ async fn alive_nodes_under_ten_percent_loss_are_never_down_for_good() {
             }
         }
     }
-    let false_downs: usize = watches
-        .iter_mut()
-        .map(|w| {
-            let mut n = 0;
-            while let Ok(e) = w.try_recv() {
-                n += usize::from(matches!(e, Event::MemberDown { .. }));
+    // Distinct identities some watcher saw declared down: each is a false positive, healed by the
+    // member renewing its generation and rejoining.
+    let mut declared = std::collections::BTreeSet::new();
+    for w in &mut watches {
+        while let Ok(e) = w.try_recv() {
+            if let Event::MemberDown { id } = e {
+                declared.insert(id);
             }
-            n
-        })
-        .sum();
-    println!("10% loss for 60 s: {false_downs} transient down events, longest absence {worst:?}");
+        }
+    }
+    println!(
+        "10% loss for 60 s: {} false down declarations (each followed by a rejoin); \
+         longest absence seen at 1 s sampling: {worst:?}",
+        declared.len()
+    );
     c.net.set_loss(0.0);
     // Nobody stays down: after the loss stops, every node sees all ten again.
     c.converge(Duration::from_secs(10)).await;
