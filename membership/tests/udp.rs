@@ -11,7 +11,7 @@ use mesh_membership::{generation_now, Membership, MembershipConfig, MembershipHa
 use mesh_protocol::{EndpointInfo, MemberId, ServiceInfo};
 
 async fn node(name: &str, seeds: &[std::net::SocketAddr]) -> MembershipHandle {
-    let (t, incoming) = UdpTransport::bind("127.0.0.1:0".parse().unwrap())
+    let (t, incoming) = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();
     let id = MemberId::new(t.local_addr(), generation_now());
@@ -65,4 +65,17 @@ async fn three_nodes_join_over_udp_and_pull_a_large_record_over_tcp() {
         assert!(tokio::time::Instant::now() < deadline, "leave not seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_wildcard_bind_needs_an_advertise_address() {
+    let err = UdpTransport::bind("0.0.0.0:0".parse().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let adv: std::net::SocketAddr = "127.0.0.1:7946".parse().unwrap();
+    let (t, _rx) = UdpTransport::bind("0.0.0.0:0".parse().unwrap(), Some(adv))
+        .await
+        .unwrap();
+    assert_eq!(t.local_addr(), adv);
 }

@@ -38,14 +38,27 @@ pub struct UdpTransport {
 
 impl UdpTransport {
     /// Binds UDP and TCP on `addr` (port 0 picks a port free for both) and starts the receive
-    /// loops. Incoming traffic arrives on the returned channel.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Arc<Self>, mpsc::Receiver<Incoming>)> {
+    /// loops. Incoming traffic arrives on the returned channel. Peers are told to reach us at
+    /// `advertise`, or at the bound address if `None` (which must then not be a wildcard such as
+    /// `0.0.0.0`).
+    pub async fn bind(
+        addr: SocketAddr,
+        advertise: Option<SocketAddr>,
+    ) -> std::io::Result<(Arc<Self>, mpsc::Receiver<Incoming>)> {
+        if advertise.is_none() && addr.ip().is_unspecified() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bound to {addr}: give an advertise address peers can reach"),
+            ));
+        }
         let mut last_err = None;
         for _ in 0..16 {
             let socket = UdpSocket::bind(addr).await?;
             let local = socket.local_addr()?;
             match TcpListener::bind(local).await {
-                Ok(listener) => return Ok(Self::start(socket, listener, local)),
+                Ok(listener) => {
+                    return Ok(Self::start(socket, listener, advertise.unwrap_or(local)))
+                }
                 Err(e) if addr.port() == 0 => last_err = Some(e),
                 Err(e) => return Err(e),
             }
