@@ -487,7 +487,12 @@ impl Membership {
             }
         }
         for d in request.digests {
-            if !self.registry.entries.contains_key(&d.id.addr) && d.id.addr != self.own.id.addr {
+            let held = self
+                .registry
+                .entries
+                .get(&d.id.addr)
+                .is_some_and(|e| e.record.is_some());
+            if !held && d.id.addr != self.own.id.addr {
                 response.want.push(d.id);
             }
         }

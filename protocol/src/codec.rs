@@ -133,6 +133,14 @@ pub enum CodecError {
         /// The limit.
         max: usize,
     },
+    /// A node record was longer than [`MAX_RECORD_LEN`](crate::MAX_RECORD_LEN); it was not parsed.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Encoded length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The value decoded but breaks a rule of the protocol (for example an empty service name).
     #[error("invalid: {0}")]
     Invalid(String),

@@ -132,7 +132,7 @@ impl NodeRecord {
     /// Decodes a record of at most [`MAX_RECORD_LEN`] bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if bytes.len() > MAX_RECORD_LEN {
-            return Err(CodecError::HeaderTooLarge {
+            return Err(CodecError::RecordTooLarge {
                 len: bytes.len(),
                 max: MAX_RECORD_LEN,
             });
