@@ -94,10 +94,11 @@ pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecErro
 
 /// Decodes a `T` from MessagePack, with a nesting limit of [`MAX_DEPTH`] and no trailing bytes.
 ///
-/// Memory use is bounded by the input: rmp-serde hands declared container lengths to serde only as
-/// a size hint, which serde caps, and reads declared strings and binaries through `Read::take`, so a
-/// declared array or string of 2^32 elements allocates nothing up front.
+/// Memory use is bounded by the input: every declared length is first checked against the bytes
+/// left (a declared array of 2^32 elements in a 7-byte input is refused before serde sees it), and
+/// rmp-serde reads strings and binaries through `Read::take`.
 pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    check_declared_lengths(bytes)?;
     let mut rest = bytes;
     let mut de = rmp_serde::Deserializer::new(&mut rest);
     de.set_max_depth(MAX_DEPTH);
@@ -107,6 +108,72 @@ pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
         return Err(CodecError::TrailingBytes(rest.len()));
     }
     Ok(value)
+}
+
+/// Walks the MessagePack value at the start of `buf` without building it, and refuses any string,
+/// binary or extension longer than the bytes left, and any array or map declaring more elements
+/// than bytes left (every element takes at least one byte).
+///
+/// serde pre-allocates a `Vec` from the declared length (capped at 1 MiB); after this check a
+/// declared length is at most the input's length, so allocation stays proportional to the input.
+/// Linear in the input; nesting is tracked with a counter, not recursion.
+fn check_declared_lengths(buf: &[u8]) -> Result<(), CodecError> {
+    let eof = || CodecError::Decode("unexpected end of MessagePack input".into());
+    // Reads an `n`-byte big-endian length at `*pos` and moves past it.
+    let read_len = |pos: &mut usize, n: usize| -> Result<u64, CodecError> {
+        let bytes = buf.get(*pos..*pos + n).ok_or_else(eof)?;
+        *pos += n;
+        Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    let mut pos = 0usize;
+    let mut pending: u64 = 1; // values still to walk
+    while pending > 0 {
+        pending -= 1;
+        let b = *buf.get(pos).ok_or_else(eof)?;
+        pos += 1;
+        // (bytes of payload to skip, elements that follow)
+        let (payload, items): (u64, u64) = match b {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(b & 0x0f)),
+            0x90..=0x9f => (0, u64::from(b & 0x0f)),
+            0xa0..=0xbf => (u64::from(b & 0x1f), 0),
+            0xc1 => {
+                return Err(CodecError::Decode(
+                    "reserved MessagePack marker 0xc1".into(),
+                ))
+            }
+            0xc4 | 0xd9 => (read_len(&mut pos, 1)?, 0), // bin8, str8
+            0xc5 | 0xda => (read_len(&mut pos, 2)?, 0), // bin16, str16
+            0xc6 | 0xdb => (read_len(&mut pos, 4)?, 0), // bin32, str32
+            0xc7 => (read_len(&mut pos, 1)? + 1, 0),    // ext8: length, type, data
+            0xc8 => (read_len(&mut pos, 2)? + 1, 0),    // ext16
+            0xc9 => (read_len(&mut pos, 4)? + 1, 0),    // ext32
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0), // fixext1..16: type byte plus data
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, read_len(&mut pos, 2)?),     // array16
+            0xdd => (0, read_len(&mut pos, 4)?),     // array32
+            0xde => (0, 2 * read_len(&mut pos, 2)?), // map16
+            0xdf => (0, 2 * read_len(&mut pos, 4)?), // map32
+        };
+        let left = (buf.len() - pos) as u64;
+        if payload > left || items > left {
+            return Err(CodecError::Decode(format!(
+                "MessagePack value declares {} {} with only {left} bytes left",
+                payload.max(items),
+                if items > 0 { "elements" } else { "bytes" }
+            )));
+        }
+        pos += payload as usize;
+        pending += items;
+    }
+    Ok(())
 }
 
 /// Why a value could not be encoded or decoded.

@@ -50,7 +50,7 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
-    /// Parses a kind byte. Values `0x05..=0xFF` are reserved for future kinds.
+    /// Parses a kind byte. Values `0x00` and `0x05..=0xFF` are reserved for future kinds.
     pub fn from_u8(b: u8) -> Result<Self, FrameError> {
         Ok(match b {
             0x01 => Self::UnaryCall,
@@ -91,22 +91,27 @@ impl Preamble {
 
     /// Parses a preamble from the start of `buf`.
     ///
-    /// Returns `Ok(None)` if fewer than [`PREAMBLE_LEN`] bytes are available. The magic is checked
-    /// on whatever prefix is present, so garbage is refused as early as its first byte.
+    /// Returns `Ok(None)` if fewer than [`PREAMBLE_LEN`] bytes are available and those present are
+    /// a prefix of a valid preamble. Each byte is checked as soon as it is present, so garbage is
+    /// refused at its first byte and a wrong version at the fifth.
     pub fn parse(buf: &[u8]) -> Result<Option<Self>, FrameError> {
         let have = buf.len().min(4);
         if buf[..have] != MAGIC[..have] {
             return Err(FrameError::BadMagic);
         }
-        if buf.len() < PREAMBLE_LEN {
+        if let Some(&version) = buf.get(4) {
+            if version != PROTOCOL_VERSION {
+                return Err(FrameError::UnsupportedVersion(version));
+            }
+        }
+        let Some(&kind) = buf.get(5) else {
             return Ok(None);
-        }
-        let version = buf[4];
-        if version != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion(version));
-        }
-        let kind = StreamKind::from_u8(buf[5])?;
-        Ok(Some(Self { version, kind }))
+        };
+        let kind = StreamKind::from_u8(kind)?;
+        Ok(Some(Self {
+            version: PROTOCOL_VERSION,
+            kind,
+        }))
     }
 }
 
@@ -269,8 +274,8 @@ impl FrameDecoder {
         let Some(header) = self.peek_header(buf)? else {
             return Ok(None);
         };
-        let total = FRAME_HEADER_LEN + header.len as usize;
-        if buf.len() < total {
+        // In u64: on 32-bit targets `len` near u32::MAX plus the header would overflow usize.
+        if (buf.len() as u64) < FRAME_HEADER_LEN as u64 + u64::from(header.len) {
             return Ok(None);
         }
         buf.advance(FRAME_HEADER_LEN);
@@ -286,7 +291,10 @@ impl FrameDecoder {
     pub fn bytes_needed(&self, buf: &[u8]) -> Result<usize, FrameError> {
         match self.peek_header(buf)? {
             None => Ok(FRAME_HEADER_LEN - buf.len()),
-            Some(h) => Ok((FRAME_HEADER_LEN + h.len as usize).saturating_sub(buf.len())),
+            Some(h) => {
+                let total = FRAME_HEADER_LEN as u64 + u64::from(h.len);
+                Ok(usize::try_from(total.saturating_sub(buf.len() as u64)).unwrap_or(usize::MAX))
+            }
         }
     }
 
