@@ -199,40 +199,37 @@ fn encode_header(h: &Header<SwimId>) -> Vec<u8> {
     put_id(&h.src.0, &mut out);
     out.extend_from_slice(&h.src_incarnation.to_be_bytes());
     put_id(&h.dst.0, &mut out);
-    let (tag, rest): (u8, Option<(&SwimId, u8)>) = match &h.message {
-        Message::Ping(n) => (0, Some((&h.dst, *n))),
-        Message::Ack(n) => (1, Some((&h.dst, *n))),
+    // Tag, then the message's fields: a probe number, or a member id and a probe number.
+    let (tag, id, probe): (u8, Option<&SwimId>, Option<u8>) = match &h.message {
+        Message::Ping(n) => (0, None, Some(*n)),
+        Message::Ack(n) => (1, None, Some(*n)),
         Message::PingReq {
             target,
             probe_number,
-        } => (2, Some((target, *probe_number))),
+        } => (2, Some(target), Some(*probe_number)),
         Message::IndirectPing {
             origin,
             probe_number,
-        } => (3, Some((origin, *probe_number))),
+        } => (3, Some(origin), Some(*probe_number)),
         Message::IndirectAck {
             target,
             probe_number,
-        } => (4, Some((target, *probe_number))),
+        } => (4, Some(target), Some(*probe_number)),
         Message::ForwardedAck {
             origin,
             probe_number,
-        } => (5, Some((origin, *probe_number))),
-        Message::Announce => (6, None),
-        Message::Feed => (7, None),
-        Message::Gossip => (8, None),
-        Message::Broadcast => (9, None),
-        Message::TurnUndead => (10, None),
+        } => (5, Some(origin), Some(*probe_number)),
+        Message::Announce => (6, None, None),
+        Message::Feed => (7, None, None),
+        Message::Gossip => (8, None, None),
+        Message::Broadcast => (9, None, None),
+        Message::TurnUndead => (10, None, None),
     };
     out.push(tag);
-    match (tag, rest) {
-        (0 | 1, Some((_, n))) => out.push(n),
-        (_, Some((id, n))) => {
-            put_id(&id.0, &mut out);
-            out.push(n);
-        }
-        (_, None) => {}
+    if let Some(id) = id {
+        put_id(&id.0, &mut out);
     }
+    out.extend(probe);
     out
 }
 

@@ -68,6 +68,13 @@ impl Cluster {
             .filter_map(|(i, h)| h.as_ref().map(|h| (i, h)))
     }
 
+    /// Every running node `i` starts serving `Svc{i}`.
+    async fn serve_each(&self) {
+        for (i, h) in self.alive() {
+            serve(h, &format!("Svc{i}")).await;
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         let h = self.nodes[i].take().expect("node running");
         h.abort();
@@ -133,9 +140,7 @@ async fn serve(h: &MembershipHandle, name: &str) {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn fifty_nodes_converge_and_a_service_change_reaches_all() {
     let c = Cluster::start(50, 1, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     let took = c.converge(Duration::from_secs(60)).await;
     println!("50 nodes converged in {took:?} (virtual)");
 
@@ -180,9 +185,7 @@ async fn fifty_nodes_converge_and_a_service_change_reaches_all() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn crashed_node_is_detected_within_the_configured_bound() {
     let mut c = Cluster::start(10, 2, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     serve(c.nodes[3].as_ref().unwrap(), "OnlyOnThree").await;
     c.converge(Duration::from_secs(30)).await;
     let mut watch = c.nodes[0].as_ref().unwrap().watch();
@@ -231,9 +234,7 @@ async fn crashed_node_is_detected_within_the_configured_bound() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn alive_nodes_under_ten_percent_loss_are_never_down_for_good() {
     let c = Cluster::start(10, 3, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     c.converge(Duration::from_secs(30)).await;
     let mut watches: Vec<_> = c.alive().map(|(_, h)| h.watch()).collect();
     c.net.set_loss(0.10);
@@ -289,9 +290,7 @@ async fn alive_nodes_under_ten_percent_loss_are_never_down_for_good() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn restarted_node_rejoins_and_its_predecessor_never_returns() {
     let mut c = Cluster::start(6, 4, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     c.converge(Duration::from_secs(30)).await;
     let old = c.nodes[2]
         .as_ref()
@@ -345,9 +344,7 @@ async fn restarted_node_rejoins_and_its_predecessor_never_returns() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn healed_partition_reconverges() {
     let c = Cluster::start(10, 5, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     c.converge(Duration::from_secs(30)).await;
     let left: Vec<SocketAddr> = (0..5).map(addr).collect();
     let right: Vec<SocketAddr> = (5..10).map(addr).collect();
@@ -381,9 +378,7 @@ async fn healed_partition_reconverges() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn graceful_leave_is_seen_by_all_faster_than_failure_detection() {
     let mut c = Cluster::start(6, 6, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     c.converge(Duration::from_secs(30)).await;
     let leaver = c.nodes[4].take().unwrap();
     let id = leaver.query(|m| m.id()).await.unwrap();
@@ -462,9 +457,7 @@ async fn a_record_larger_than_a_datagram_reaches_every_node_in_full() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_seed_that_restarts_alone_is_found_again() {
     let mut c = Cluster::start(5, 8, MembershipConfig::local()).await;
-    for (i, h) in c.alive() {
-        serve(h, &format!("Svc{i}")).await;
-    }
+    c.serve_each().await;
     c.converge(Duration::from_secs(30)).await;
     // The seed (node 0, which has no seeds itself) crashes and comes back alone.
     c.crash(0);
