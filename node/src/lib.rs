@@ -6,5 +6,8 @@
 //! retries), and the `mesh-node` binary. It drives the sans-IO cores of `mesh-membership` and speaks
 //! the wire format of `mesh-protocol`.
 //!
-//! Status: not yet built (issue 4).
+//! Built so far: [`security`] (cluster credentials and mutual TLS). The rest is issue 4.
 #![deny(missing_docs)]
+
+pub mod endpoint;
+pub mod security;

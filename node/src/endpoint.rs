@@ -1,0 +1,91 @@
+//! The node's one QUIC endpoint: server and client at once, mutual TLS on both sides.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::security::{NodeTls, SecurityError};
+
+/// Transport limits of every mesh connection.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// A connection with no traffic for this long is closed (keep-alives run at a third of it
+    /// while streams are open).
+    pub idle_timeout: Duration,
+    /// Bidirectional streams a peer may have open towards us at once (calls, syncs).
+    pub max_concurrent_bidi_streams: u32,
+    /// Unidirectional streams a peer may have open towards us at once (pub/sub deliveries).
+    pub max_concurrent_uni_streams: u32,
+    /// Receive buffer for QUIC datagrams (gossip), in bytes; older datagrams are dropped beyond it.
+    pub datagram_receive_buffer: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            max_concurrent_bidi_streams: 1024,
+            max_concurrent_uni_streams: 256,
+            datagram_receive_buffer: 1024 * 1024,
+        }
+    }
+}
+
+impl EndpointConfig {
+    fn transport(&self) -> Result<Arc<quinn::TransportConfig>, SecurityError> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|e| SecurityError::Load(format!("idle timeout: {e}")))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(self.idle_timeout / 3));
+        t.max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into());
+        t.max_concurrent_uni_streams(self.max_concurrent_uni_streams.into());
+        t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        Ok(Arc::new(t))
+    }
+}
+
+/// Binds a UDP socket at `addr` for a node; its local address is what a node advertises when no
+/// other address is given. Build the TLS naming the advertised address, then [`endpoint`].
+pub fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    std::net::UdpSocket::bind(addr).map_err(EndpointError::Bind)
+}
+
+/// Builds the node's QUIC endpoint on a bound socket: it accepts connections presenting a
+/// cluster certificate and dials with ours. Must run inside a tokio runtime.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    tls: &NodeTls,
+    config: &EndpointConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let transport = config.transport()?;
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server.clone())
+        .map_err(|e| SecurityError::Load(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())
+        .map_err(|e| SecurityError::Load(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(EndpointError::Bind)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Why the endpoint could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The UDP port could not be bound.
+    #[error("bind: {0}")]
+    Bind(std::io::Error),
+    /// The TLS configuration was refused.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+}
