@@ -9,8 +9,7 @@ use crate::security::{NodeTls, SecurityError};
 /// Transport limits of every mesh connection.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
-    /// A connection with no traffic for this long is closed (keep-alives run at a third of it
-    /// while streams are open).
+    /// A connection with no traffic for this long is closed; the next message reopens it.
     pub idle_timeout: Duration,
     /// Bidirectional streams a peer may have open towards us at once (calls, syncs).
     pub max_concurrent_bidi_streams: u32,
@@ -37,7 +36,8 @@ impl EndpointConfig {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .map_err(|e| SecurityError::Load(format!("idle timeout: {e}")))?;
         t.max_idle_timeout(Some(idle));
-        t.keep_alive_interval(Some(self.idle_timeout / 3));
+        // No keep-alive: gossip keeps connections to live members busy, and a connection nobody
+        // uses is closed after `idle_timeout` and reopened on demand.
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into());
         t.max_concurrent_uni_streams(self.max_concurrent_uni_streams.into());
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));

@@ -11,3 +11,4 @@
 
 pub mod endpoint;
 pub mod security;
+pub mod transport;
