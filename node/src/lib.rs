@@ -6,9 +6,18 @@
 //! retries), and the `mesh-node` binary. It drives the sans-IO cores of `mesh-membership` and speaks
 //! the wire format of `mesh-protocol`.
 //!
-//! Built so far: [`security`] (cluster credentials and mutual TLS). The rest is issue 4.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod endpoint;
+mod node;
 pub mod security;
+pub mod server;
+pub mod stats;
 pub mod transport;
+
+pub use crate::client::{CallOptions, Strategy};
+pub use crate::node::{Health, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE};
+pub use crate::security::Credentials;
+pub use crate::server::{typed, Request, Service};
+pub use mesh_protocol::{code, ContentType, RpcError};

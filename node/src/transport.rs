@@ -228,9 +228,9 @@ async fn read_datagrams(inner: Arc<Inner>, peer: SocketAddr, conn: quinn::Connec
 
 async fn accept_streams(inner: Arc<Inner>, peer: SocketAddr, conn: quinn::Connection) {
     let permits = Arc::new(Semaphore::new(STREAMS_PER_CONNECTION));
-    while let Ok((send, mut recv)) = conn.accept_bi().await {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let _ = recv.stop(close_code::BUSY.into());
+            refuse(&mut send, &mut recv, close_code::BUSY);
             continue;
         };
         let inner = inner.clone();
@@ -242,12 +242,13 @@ async fn accept_streams(inner: Arc<Inner>, peer: SocketAddr, conn: quinn::Connec
                     Ok(Some(p)) => p.kind,
                     Ok(None) | Err(_) => {
                         info!(%peer, preamble = ?pre, "stream with a bad preamble refused");
-                        let _ = recv.stop(close_code::PROTOCOL.into());
+                        refuse(&mut send, &mut recv, close_code::PROTOCOL);
                         return;
                     }
                 },
                 _ => {
-                    let _ = recv.stop(close_code::PROTOCOL.into());
+                    debug!(%peer, "stream ended or stalled inside its preamble");
+                    refuse(&mut send, &mut recv, close_code::PROTOCOL);
                     return;
                 }
             };
@@ -260,11 +261,18 @@ async fn accept_streams(inner: Arc<Inner>, peer: SocketAddr, conn: quinn::Connec
                 (kind, Some(h)) => h.handle(kind, peer, send, recv),
                 (kind, None) => {
                     debug!(%peer, ?kind, "stream kind not served");
-                    let _ = recv.stop(close_code::UNSUPPORTED.into());
+                    let (mut send, mut recv) = (send, recv);
+                    refuse(&mut send, &mut recv, close_code::UNSUPPORTED);
                 }
             }
         });
     }
+}
+
+/// Refuses a stream in both directions with an application error code the peer can read.
+pub fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32) {
+    let _ = send.reset(code.into());
+    let _ = recv.stop(code.into());
 }
 
 async fn read_header_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, TransportError> {

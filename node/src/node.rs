@@ -1,0 +1,590 @@
+//! The node handle: build, spawn, call, shut down.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mesh_membership::{
+    generation_now, Membership, MembershipConfig, MembershipHandle, ServiceNode,
+};
+use mesh_protocol::{CallHeader, RpcError, ServiceInfo, DEFAULT_MAX_FRAME_LEN};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::client::{
+    attempt, matches, refused_before_running, Balancer, CallOptions, Failure, Tried,
+};
+use crate::endpoint::{bind_socket, endpoint, EndpointConfig, EndpointError};
+use crate::security::{Credentials, SecurityError};
+use crate::server::{typed, wrap_all, Router, RpcServer, Service, Wrapper, FRAMEWORK_ERROR_ID};
+use crate::stats::{EndpointStats, Stats};
+use crate::transport::{QuicTransport, MAX_GOSSIP_DATAGRAM};
+
+/// Service name of the endpoints every node serves: `mesh.Health`, `mesh.Info`, `mesh.Stats`.
+/// They are not advertised in the registry; call them on a given node with
+/// [`Node::call_node`].
+pub const BUILTIN_SERVICE: &str = "mesh";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No credentials were given.
+    #[error("no credentials: give a cluster key or cluster CA certificates")]
+    NoCredentials,
+    /// Bound to a wildcard address with nothing to advertise.
+    #[error("bound to {0}: give an advertise address peers can reach")]
+    NoAdvertiseAddress(SocketAddr),
+    /// The credentials could not be used.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The endpoint could not be built.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// Two handlers for the same endpoint.
+    #[error("endpoint {0} registered twice")]
+    DuplicateEndpoint(String),
+}
+
+/// Builds a [`Node`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use mesh_node::{Credentials, Node, Service, typed};
+/// # #[derive(serde::Deserialize)] struct Hello { name: String }
+/// # #[derive(serde::Serialize)] struct Greeting { greeting: String }
+///
+/// let node = Node::builder()
+///     .name("greeter-1")
+///     .bind("0.0.0.0:7946".parse()?)
+///     .advertise("10.0.0.5:7946".parse()?)
+///     .seeds(vec!["10.0.0.1:7946".parse()?])
+///     .credentials(Credentials::key(std::env::var("MESH_CLUSTER_KEY")?)?)
+///     .service(Service::new("Greeter").idempotent_endpoint("Hello", typed(|_req, h: Hello| async move {
+///         Ok(Greeting { greeting: format!("Hello {}", h.name) })
+///     })))
+///     .spawn()
+///     .await?;
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct NodeBuilder {
+    name: String,
+    bind: SocketAddr,
+    advertise: Option<SocketAddr>,
+    seeds: Vec<SocketAddr>,
+    credentials: Option<Credentials>,
+    membership: MembershipConfig,
+    endpoint: EndpointConfig,
+    services: Vec<Service>,
+    wrappers: Vec<Arc<dyn Wrapper>>,
+    max_in_flight: usize,
+    drain_timeout: Duration,
+    ejection: Duration,
+    labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("bind", &self.bind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            credentials: None,
+            membership: MembershipConfig::lan(32),
+            endpoint: EndpointConfig::default(),
+            services: Vec::new(),
+            wrappers: Vec::new(),
+            max_in_flight: 4096,
+            drain_timeout: Duration::from_secs(10),
+            ejection: Duration::from_secs(5),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// The node's name (default: its address).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// The UDP address to bind (default `127.0.0.1:0`).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+    /// The address peers reach this node at (default: the bound address).
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+    /// Seeds to join through; none makes a cluster of one.
+    pub fn seeds(mut self, seeds: Vec<SocketAddr>) -> Self {
+        self.seeds = seeds;
+        self
+    }
+    /// The cluster credentials (required).
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = Some(c);
+        self
+    }
+    /// Membership settings (default [`MembershipConfig::lan`]).
+    pub fn membership(mut self, c: MembershipConfig) -> Self {
+        self.membership = c;
+        self
+    }
+    /// QUIC settings.
+    pub fn endpoint_config(mut self, c: EndpointConfig) -> Self {
+        self.endpoint = c;
+        self
+    }
+    /// Serves `service`.
+    pub fn service(mut self, s: Service) -> Self {
+        self.services.push(s);
+        self
+    }
+    /// Wraps every handler of this node (the first wrapper added is the outermost).
+    pub fn wrap(mut self, w: impl Wrapper) -> Self {
+        self.wrappers.push(Arc::new(w));
+        self
+    }
+    /// A node label, advertised in the registry.
+    pub fn label(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.labels.insert(k.into(), v.into());
+        self
+    }
+    /// Calls served at once before new ones get a 429 (default 4096).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+    /// How long [`Node::shutdown`] waits for calls in flight (default 10 s).
+    pub fn drain_timeout(mut self, t: Duration) -> Self {
+        self.drain_timeout = t;
+        self
+    }
+    /// How long a node that failed at the transport level is avoided (default 5 s).
+    pub fn ejection(mut self, t: Duration) -> Self {
+        self.ejection = t;
+        self
+    }
+
+    /// Binds, joins and starts serving. Must run inside a tokio runtime.
+    pub async fn spawn(self) -> Result<Node, StartError> {
+        let credentials = self.credentials.ok_or(StartError::NoCredentials)?;
+        let socket = bind_socket(self.bind)?;
+        let local = socket.local_addr().map_err(EndpointError::Bind)?;
+        let advertise = match self.advertise {
+            Some(a) => a,
+            None if local.ip().is_unspecified() => {
+                return Err(StartError::NoAdvertiseAddress(local))
+            }
+            None => local,
+        };
+        let cluster = self.membership.cluster.clone();
+        // Key stretching takes a moment: keep it off the async threads.
+        let tls = tokio::task::spawn_blocking(move || credentials.tls(&cluster, advertise))
+            .await
+            .map_err(|e| SecurityError::Load(e.to_string()))??;
+        let quic = endpoint(socket, &tls, &self.endpoint)?;
+
+        let stats = Arc::new(Stats::default());
+        let mut router = Router::new(self.max_in_flight, DEFAULT_MAX_FRAME_LEN, stats.clone());
+        let mut infos: Vec<ServiceInfo> = Vec::new();
+        for s in self.services {
+            for (endpoint, h) in s.handlers {
+                let key = (s.info.name.clone(), endpoint.clone());
+                if infos
+                    .iter()
+                    .any(|i| i.name == key.0 && i.endpoints.iter().any(|e| e.name == key.1))
+                {
+                    return Err(StartError::DuplicateEndpoint(format!(
+                        "{}.{}",
+                        key.0, key.1
+                    )));
+                }
+                router.insert(&key.0, &key.1, wrap_all(h, &self.wrappers));
+            }
+            match infos.iter_mut().find(|i| i.name == s.info.name) {
+                Some(existing) => existing.endpoints.extend(s.info.endpoints),
+                None => infos.push(s.info),
+            }
+        }
+        let name = if self.name.is_empty() {
+            advertise.to_string()
+        } else {
+            self.name
+        };
+        let started = Instant::now();
+        add_builtins(&mut router, &name, &infos, stats.clone(), started);
+        let router = Arc::new(router);
+
+        let (transport, incoming) = QuicTransport::start(
+            quic.clone(),
+            advertise,
+            Some(Arc::new(RpcServer {
+                router: router.clone(),
+            })),
+        );
+        let mut mconfig = self.membership;
+        mconfig.max_datagram_size = mconfig.max_datagram_size.min(MAX_GOSSIP_DATAGRAM);
+        let id = mesh_protocol::MemberId::new(advertise, generation_now());
+        let mut core = Membership::new(mconfig, id, name.clone(), id.generation);
+        core.set_require_source_match(true);
+        let labels = self.labels;
+        let published = infos.clone();
+        core.update_record(std::time::Instant::now(), move |r| {
+            r.services = published;
+            r.labels = labels;
+        });
+        let membership =
+            MembershipHandle::spawn(core, Arc::new(transport.clone()), incoming, &self.seeds);
+        info!(%name, %advertise, services = infos.len(), "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                name,
+                addr: advertise,
+                membership,
+                transport,
+                endpoint: quic,
+                router,
+                balancer: Balancer::new(self.ejection, id.generation),
+                drain_timeout: self.drain_timeout,
+            }),
+        })
+    }
+}
+
+/// What `mesh.Info` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// mesh version.
+    pub version: String,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Services served.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// What `mesh.Health` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"`, or `"draining"` during shutdown.
+    pub status: String,
+}
+
+fn add_builtins(
+    router: &mut Router,
+    name: &str,
+    services: &[ServiceInfo],
+    stats: Arc<Stats>,
+    started: Instant,
+) {
+    router.insert(
+        BUILTIN_SERVICE,
+        "Health",
+        Arc::new(typed(|_req, _: ()| async move {
+            Ok(Health {
+                status: "ok".into(),
+            })
+        })),
+    );
+    let info = NodeInfo {
+        name: name.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_s: 0,
+        services: services.to_vec(),
+    };
+    router.insert(
+        BUILTIN_SERVICE,
+        "Info",
+        Arc::new(typed(move |_req, _: ()| {
+            let mut info = info.clone();
+            info.uptime_s = started.elapsed().as_secs();
+            async move { Ok(info) }
+        })),
+    );
+    router.insert(
+        BUILTIN_SERVICE,
+        "Stats",
+        Arc::new(typed(move |_req, _: ()| {
+            let snap = stats.snapshot();
+            async move { Ok(snap) }
+        })),
+    );
+}
+
+struct Inner {
+    name: String,
+    addr: SocketAddr,
+    membership: MembershipHandle,
+    transport: QuicTransport,
+    endpoint: quinn::Endpoint,
+    router: Arc<Router>,
+    balancer: Balancer,
+    drain_timeout: Duration,
+}
+
+/// A running node: a cheap, cloneable handle.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stopped(_: mesh_membership::Stopped) -> RpcError {
+    RpcError::unavailable(FRAMEWORK_ERROR_ID, "node is shut down")
+}
+
+impl Node {
+    /// A builder.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address peers reach this node at.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The membership handle: members, services, watch.
+    pub fn membership(&self) -> &MembershipHandle {
+        &self.inner.membership
+    }
+
+    /// Per-endpoint statistics of the calls this node served.
+    pub fn stats(&self) -> BTreeMap<String, EndpointStats> {
+        self.inner.router.stats.snapshot()
+    }
+
+    /// Calls `service.endpoint` on a node chosen by the options, with a typed request and reply.
+    ///
+    /// Retries go only to nodes not yet tried, with jittered backoff, inside the timeout, and only
+    /// where they are safe: the request never left (no connection or stream), the callee refused
+    /// it before running a handler (overload, shutdown), or the endpoint is advertised as
+    /// idempotent. Error replies from handlers are returned at once and never eject a node.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Resp, RpcError> {
+        let body = opts
+            .content_type
+            .encode(req)
+            .map_err(|e| RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string()))?;
+        let reply = self.call_raw(service, endpoint, body.into(), opts).await?;
+        opts.content_type
+            .decode(&reply)
+            .map_err(|e| RpcError::internal(FRAMEWORK_ERROR_ID, format!("undecodable reply: {e}")))
+    }
+
+    /// [`call`](Self::call) with an already encoded body (in `opts.content_type`).
+    pub async fn call_raw(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        let b = &self.inner.balancer;
+        let deadline = Instant::now() + opts.timeout;
+        let mut tried = Tried::new();
+        let mut last: Option<RpcError> = None;
+        let mut backoff = opts.backoff;
+        for attempt_no in 0..=opts.retries {
+            let nodes = self
+                .inner
+                .membership
+                .nodes_of(service)
+                .await
+                .map_err(stopped)?;
+            let candidates: Vec<ServiceNode> = nodes
+                .into_iter()
+                .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
+                .collect();
+            let Some(node) = b.pick(&candidates, opts) else {
+                return Err(last.unwrap_or_else(|| {
+                    RpcError::not_found(
+                        FRAMEWORK_ERROR_ID,
+                        format!("no node serves {service}.{endpoint}"),
+                    )
+                }));
+            };
+            let idempotent = candidates
+                .iter()
+                .find(|n| n.node.addr == node)
+                .and_then(|n| n.service.endpoints.iter().find(|e| e.name == endpoint))
+                .is_some_and(|e| e.idempotent);
+            tried.insert(node);
+            match self
+                .attempt(node, service, endpoint, &body, opts, deadline)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Reply(e)) if refused_before_running(&e) => {
+                    if e.code == mesh_protocol::code::UNAVAILABLE {
+                        b.eject(node);
+                    }
+                    last = Some(e);
+                }
+                Err(Failure::Reply(e)) => return Err(e),
+                Err(Failure::NotSent(e)) => {
+                    b.eject(node);
+                    last = Some(e);
+                }
+                Err(Failure::MaybeRun(e)) => {
+                    b.eject(node);
+                    if !idempotent {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+            if attempt_no < opts.retries {
+                let pause = b.jitter(backoff);
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                backoff *= 2;
+            }
+        }
+        Err(last.unwrap_or_else(|| RpcError::unavailable(FRAMEWORK_ERROR_ID, "no attempt made")))
+    }
+
+    /// Calls `service.endpoint` on the node at `node`, whatever the registry says: one attempt,
+    /// no retry. Built-in endpoints (`mesh.Health`, `mesh.Info`, `mesh.Stats`) are called this way.
+    pub async fn call_node<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        node: SocketAddr,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Resp, RpcError> {
+        let body = opts
+            .content_type
+            .encode(req)
+            .map_err(|e| RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string()))?;
+        let deadline = Instant::now() + opts.timeout;
+        let reply = self
+            .attempt(node, service, endpoint, &body, opts, deadline)
+            .await
+            .map_err(|f| match f {
+                Failure::NotSent(e) | Failure::MaybeRun(e) | Failure::Reply(e) => e,
+            })?;
+        opts.content_type
+            .decode(&reply)
+            .map_err(|e| RpcError::internal(FRAMEWORK_ERROR_ID, format!("undecodable reply: {e}")))
+    }
+
+    async fn attempt(
+        &self,
+        node: SocketAddr,
+        service: &str,
+        endpoint: &str,
+        body: &[u8],
+        opts: &CallOptions,
+        deadline: Instant,
+    ) -> Result<Bytes, Failure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = || Failure::Reply(RpcError::timeout(FRAMEWORK_ERROR_ID, "deadline exceeded"));
+        if remaining.is_zero() {
+            return Err(timeout());
+        }
+        let header = CallHeader {
+            id: self.inner.balancer.next_id(),
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+            content_type: opts.content_type.as_str().to_owned(),
+            metadata: opts.metadata.clone(),
+            deadline_us: Some(u64::try_from(remaining.as_micros()).unwrap_or(u64::MAX)),
+            routing_key: opts.routing_key.clone(),
+        };
+        let _outstanding = self.inner.balancer.start(node);
+        match tokio::time::timeout(
+            remaining,
+            attempt(
+                &self.inner.transport,
+                node,
+                &header,
+                body,
+                DEFAULT_MAX_FRAME_LEN,
+            ),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(timeout()),
+        }
+    }
+
+    /// Shuts down gracefully: stops taking calls (new ones get a retryable 503), leaves the
+    /// cluster (peers drop this node's services at once), waits for calls in flight up to the
+    /// drain timeout, then closes every connection.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.router.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        info!(name = %inner.name, "shutting down");
+        if inner.membership.leave().await.is_err() {
+            warn!("membership had already stopped");
+        }
+        let left = inner.router.drain(inner.drain_timeout).await;
+        if left > 0 {
+            warn!(calls = left, "drain timeout: abandoning calls in flight");
+        }
+        inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+    }
+
+    /// The QUIC connection to the node at `addr`, opened if needed: low-level access for protocols
+    /// of your own on the node's authenticated connections.
+    pub async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
+        self.inner
+            .transport
+            .connection(addr)
+            .await
+            .map_err(|e| RpcError::unavailable(FRAMEWORK_ERROR_ID, format!("{addr}: {e}")))
+    }
+
+    /// Kills the node at once, as a crash would: no leave, no drain.
+    pub fn kill(&self) {
+        self.inner.membership.abort();
+        self.inner.endpoint.close(0u32.into(), b"killed");
+    }
+}

@@ -1,0 +1,499 @@
+//! The RPC server: services of typed handlers, wrappers around them, and the stream loop that
+//! serves unary calls with deadlines, cancellation and panic isolation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mesh_protocol::{
+    encode_frame, CallHeader, ContentType, EndpointInfo, FrameHeader, FrameKind, ReplyHeader,
+    RpcError, ServiceInfo, StreamKind, DEFAULT_MAX_HEADER_LEN, FRAME_HEADER_LEN,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::stats::Stats;
+use crate::transport::{close_code, refuse, StreamHandler};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// `id` of errors raised by the framework itself (not by a handler).
+pub const FRAMEWORK_ERROR_ID: &str = "mesh";
+
+/// A call as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Service name.
+    pub service: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Caller metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When the caller stops waiting, if it set a deadline.
+    pub deadline: Option<Instant>,
+    /// Content type of the body (and of the reply).
+    pub content_type: ContentType,
+    /// The routing key the caller used, if any.
+    pub routing_key: Option<String>,
+    /// The caller's advertised address (from its certificate).
+    pub caller: SocketAddr,
+    /// The encoded request body.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// Decodes the body as `T`; a body that does not decode is a 400.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
+        self.content_type
+            .decode(&self.body)
+            .map_err(|e| RpcError::bad_request(&self.service, format!("undecodable request: {e}")))
+    }
+
+    /// Encodes a reply in the request's content type.
+    pub fn encode<T: Serialize>(&self, reply: &T) -> Result<Bytes, RpcError> {
+        self.content_type
+            .encode(reply)
+            .map(Bytes::from)
+            .map_err(|e| RpcError::internal(&self.service, format!("unencodable reply: {e}")))
+    }
+}
+
+/// Serves one endpoint: takes a request, returns the encoded reply or an error.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `req`.
+    fn call(&self, req: Request) -> BoxFuture<Result<Bytes, RpcError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, RpcError>> + Send + 'static,
+{
+    fn call(&self, req: Request) -> BoxFuture<Result<Bytes, RpcError>> {
+        Box::pin(self(req))
+    }
+}
+
+/// A handler from a typed async function: the request body is decoded into `Req` (a 400 if it
+/// does not decode), the `Resp` is encoded in the caller's content type.
+///
+/// # Examples
+///
+/// ```
+/// use mesh_node::server::typed;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// struct Hello { name: String }
+/// #[derive(Serialize)]
+/// struct Greeting { greeting: String }
+///
+/// let handler = typed(|_req, hello: Hello| async move {
+///     Ok(Greeting { greeting: format!("Hello {}", hello.name) })
+/// });
+/// # let _ = handler;
+/// ```
+pub fn typed<Req, Resp, F, Fut>(f: F) -> impl Handler
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Request, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    move |req: Request| {
+        let f = f.clone();
+        async move {
+            let body: Req = req.decode()?;
+            let reply = f(req.clone(), body).await?;
+            req.encode(&reply)
+        }
+    }
+}
+
+/// Middleware around handlers (go-micro's handler wrappers): gets the request and the next
+/// handler, and may inspect, change, short-circuit or time the call.
+pub trait Wrapper: Send + Sync + 'static {
+    /// Handles `req`, usually by calling `next`.
+    fn wrap(&self, req: Request, next: Arc<dyn Handler>) -> BoxFuture<Result<Bytes, RpcError>>;
+}
+
+impl<F, Fut> Wrapper for F
+where
+    F: Fn(Request, Arc<dyn Handler>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, RpcError>> + Send + 'static,
+{
+    fn wrap(&self, req: Request, next: Arc<dyn Handler>) -> BoxFuture<Result<Bytes, RpcError>> {
+        Box::pin(self(req, next))
+    }
+}
+
+struct Wrapped {
+    wrapper: Arc<dyn Wrapper>,
+    inner: Arc<dyn Handler>,
+}
+
+impl Handler for Wrapped {
+    fn call(&self, req: Request) -> BoxFuture<Result<Bytes, RpcError>> {
+        self.wrapper.wrap(req, self.inner.clone())
+    }
+}
+
+/// Applies `wrappers` around `handler`, the first wrapper outermost.
+pub(crate) fn wrap_all(
+    handler: Arc<dyn Handler>,
+    wrappers: &[Arc<dyn Wrapper>],
+) -> Arc<dyn Handler> {
+    wrappers.iter().rev().fold(handler, |inner, w| {
+        Arc::new(Wrapped {
+            wrapper: w.clone(),
+            inner,
+        })
+    })
+}
+
+/// A service: a name, a version, metadata, and endpoints with their handlers.
+///
+/// # Examples
+///
+/// ```
+/// use mesh_node::server::{typed, Service};
+/// # #[derive(serde::Deserialize)] struct Hello { name: String }
+/// # #[derive(serde::Serialize)] struct Greeting { greeting: String }
+/// let greeter = Service::new("Greeter")
+///     .version("1.0.0")
+///     .idempotent_endpoint("Hello", typed(|_req, h: Hello| async move {
+///         Ok(Greeting { greeting: format!("Hello {}", h.name) })
+///     }));
+/// ```
+pub struct Service {
+    pub(crate) info: ServiceInfo,
+    pub(crate) handlers: Vec<(String, Arc<dyn Handler>)>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service named `name` with no endpoints.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            info: ServiceInfo {
+                name: name.into(),
+                ..Default::default()
+            },
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Sets the advertised version.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.info.version = v.into();
+        self
+    }
+
+    /// Adds advertised metadata.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.info.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    fn add(mut self, name: &str, idempotent: bool, h: impl Handler) -> Self {
+        self.info.endpoints.push(EndpointInfo {
+            name: name.to_owned(),
+            idempotent,
+            metadata: BTreeMap::new(),
+        });
+        self.handlers.push((name.to_owned(), Arc::new(h)));
+        self
+    }
+
+    /// Adds an endpoint that must not run twice for one call: clients retry it only where the
+    /// request provably never reached a handler.
+    pub fn endpoint(self, name: &str, h: impl Handler) -> Self {
+        self.add(name, false, h)
+    }
+
+    /// Adds an endpoint that is safe to run more than once: clients retry it on another node after
+    /// any transport failure.
+    pub fn idempotent_endpoint(self, name: &str, h: impl Handler) -> Self {
+        self.add(name, true, h)
+    }
+}
+
+/// The handlers of a node, by service and endpoint, and what serving them needs.
+pub(crate) struct Router {
+    handlers: HashMap<(String, String), Arc<dyn Handler>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) shutting_down: AtomicBool,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    max_in_flight: usize,
+    max_frame: u32,
+}
+
+impl Router {
+    pub(crate) fn new(max_in_flight: usize, max_frame: u32, stats: Arc<Stats>) -> Self {
+        Self {
+            handlers: HashMap::new(),
+            stats,
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            max_in_flight,
+            max_frame,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, service: &str, endpoint: &str, h: Arc<dyn Handler>) {
+        self.handlers
+            .insert((service.to_owned(), endpoint.to_owned()), h);
+    }
+
+    /// Waits until no call is in flight, or `limit` passes; returns how many are left.
+    pub(crate) async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.drained.notified();
+            let n = self.in_flight.load(Ordering::Acquire);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+/// Decrements the in-flight count when a call ends, however it ends.
+struct InFlight<'a>(&'a Router);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Serves RPC streams handed over by the transport.
+pub(crate) struct RpcServer {
+    pub(crate) router: Arc<Router>,
+}
+
+impl StreamHandler for RpcServer {
+    fn handle(
+        &self,
+        kind: StreamKind,
+        from: SocketAddr,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let router = self.router.clone();
+        match kind {
+            StreamKind::UnaryCall => {
+                tokio::spawn(serve_unary(router, from, send, recv));
+            }
+            other => {
+                debug!(%from, ?other, "stream kind not served yet");
+                let mut send = send;
+                refuse(&mut send, &mut recv, close_code::UNSUPPORTED);
+            }
+        }
+    }
+}
+
+/// Reads one frame of `kind` of at most `max` bytes.
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    kind: FrameKind,
+    max: u32,
+) -> Result<Bytes, String> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    recv.read_exact(&mut h).await.map_err(|e| e.to_string())?;
+    let header = FrameHeader::parse(h, max).map_err(|e| e.to_string())?;
+    if header.kind != kind {
+        return Err(format!("expected a {kind:?} frame, got {:?}", header.kind));
+    }
+    let mut payload = vec![0u8; header.len as usize];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(payload.into())
+}
+
+/// Writes `frames` (kind, payload) and finishes the stream.
+pub(crate) async fn write_frames(
+    send: &mut quinn::SendStream,
+    prefix: &[u8],
+    frames: &[(FrameKind, &[u8])],
+    max: u32,
+) -> Result<(), String> {
+    let mut buf = BytesMut::from(prefix);
+    for (kind, payload) in frames {
+        encode_frame(*kind, payload, max, &mut buf).map_err(|e| e.to_string())?;
+    }
+    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())
+}
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_unary(
+    router: Arc<Router>,
+    from: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let started = Instant::now();
+    // Header and body, within a bounded time: a peer that opens a stream and stalls is dropped.
+    let read = async {
+        let head = read_frame(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32).await?;
+        let header = CallHeader::decode(&head).map_err(|e| e.to_string())?;
+        let body = read_frame(&mut recv, FrameKind::Data, router.max_frame).await?;
+        Ok::<_, String>((header, body))
+    };
+    let (header, body) = match tokio::time::timeout(HEADER_READ_TIMEOUT, read).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            debug!(%from, error = %e, "malformed call refused");
+            let reply = ReplyHeader::err(0, RpcError::bad_request(FRAMEWORK_ERROR_ID, e));
+            reply_and_finish(&mut send, &reply, None, router.max_frame).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%from, "call header not received in time");
+            refuse(&mut send, &mut recv, close_code::PROTOCOL);
+            return;
+        }
+    };
+    let id = header.id;
+    let key = format!("{}.{}", header.service, header.endpoint);
+    let result = dispatch(&router, from, header, body, &mut send).await;
+    router
+        .stats
+        .record(&key, started.elapsed(), result.is_err());
+    let reply = match &result {
+        Ok(_) => ReplyHeader::ok(id),
+        Err(e) => ReplyHeader::err(id, e.clone()),
+    };
+    reply_and_finish(&mut send, &reply, result.ok().as_deref(), router.max_frame).await;
+}
+
+async fn reply_and_finish(
+    send: &mut quinn::SendStream,
+    reply: &ReplyHeader,
+    body: Option<&[u8]>,
+    max: u32,
+) {
+    let head = match reply.encode() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "reply header did not encode");
+            return;
+        }
+    };
+    let mut frames = vec![(FrameKind::Header, &head[..])];
+    if let Some(b) = body {
+        frames.push((FrameKind::Data, b));
+    }
+    if let Err(e) = write_frames(send, &[], &frames, max).await {
+        debug!(error = %e, "reply not delivered (caller gone?)");
+    }
+}
+
+async fn dispatch(
+    router: &Arc<Router>,
+    from: SocketAddr,
+    header: CallHeader,
+    body: Bytes,
+    send: &mut quinn::SendStream,
+) -> Result<Bytes, RpcError> {
+    // Refusals before a handler runs carry the framework id: clients may retry them anywhere.
+    if router.shutting_down.load(Ordering::Acquire) {
+        return Err(RpcError::unavailable(
+            FRAMEWORK_ERROR_ID,
+            "node is shutting down",
+        ));
+    }
+    let Some(handler) = router
+        .handlers
+        .get(&(header.service.clone(), header.endpoint.clone()))
+        .cloned()
+    else {
+        return Err(RpcError::not_found(
+            FRAMEWORK_ERROR_ID,
+            format!(
+                "no endpoint {}.{} on this node",
+                header.service, header.endpoint
+            ),
+        ));
+    };
+    let content_type = header
+        .content_type()
+        .map_err(|e| RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string()))?;
+    if router.in_flight.fetch_add(1, Ordering::AcqRel) >= router.max_in_flight {
+        drop(InFlight(router));
+        return Err(RpcError::too_many_requests(
+            FRAMEWORK_ERROR_ID,
+            "node is at its concurrency limit",
+        ));
+    }
+    let _guard = InFlight(router);
+    let deadline = header
+        .deadline_us
+        .map(|us| Instant::now() + Duration::from_micros(us));
+    let req = Request {
+        service: header.service,
+        endpoint: header.endpoint,
+        metadata: header.metadata,
+        deadline,
+        content_type,
+        routing_key: header.routing_key,
+        caller: from,
+        body,
+    };
+    let service = req.service.clone();
+    // The handler runs in its own task so that a panic is caught and reported, not fatal.
+    let task = tokio::spawn(handler.call(req));
+    let abort = task.abort_handle();
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        joined = task => match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                warn!(%service, "handler panicked");
+                Err(RpcError::internal(&service, "handler panicked"))
+            }
+            Err(_) => Err(RpcError::internal(&service, "handler cancelled")),
+        },
+        _ = timeout => {
+            abort.abort();
+            Err(RpcError::timeout(&service, "deadline exceeded"))
+        }
+        _ = send.stopped() => {
+            // The caller went away: stop working for it.
+            abort.abort();
+            debug!(%service, "caller went away: handler cancelled");
+            Err(RpcError::new(&service, 499, "caller went away"))
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Per-endpoint call statistics: requests, errors and a latency histogram.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Latency buckets: upper bounds in microseconds, powers of two from 16 µs to about 67 s; the
+/// last bucket takes everything above.
+const BUCKETS: usize = 23;
+
+fn bucket(d: Duration) -> usize {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    let b = (64 - us.leading_zeros()) as usize; // 1 µs -> 1, 16 µs -> 5, ...
+    b.saturating_sub(4).min(BUCKETS - 1)
+}
+
+fn bucket_upper_us(b: usize) -> u64 {
+    1u64 << (b + 4)
+}
+
+/// What one endpoint has served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    /// Calls served.
+    pub requests: u64,
+    /// Calls that ended in an error reply.
+    pub errors: u64,
+    /// Median latency (upper bound of its histogram bucket), microseconds.
+    pub p50_us: u64,
+    /// 99th percentile latency (upper bound of its bucket), microseconds.
+    pub p99_us: u64,
+    /// Call counts per latency bucket; bucket `i` holds calls under `2^(i+4)` µs.
+    pub histogram: Vec<u64>,
+}
+
+/// Statistics of every endpoint of a node.
+#[derive(Debug, Default)]
+pub struct Stats {
+    by_endpoint: Mutex<BTreeMap<String, EndpointStats>>,
+}
+
+impl Stats {
+    /// Records one call of `endpoint` (`"Service.Endpoint"`).
+    pub fn record(&self, endpoint: &str, latency: Duration, error: bool) {
+        let mut m = self
+            .by_endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let s = m
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| EndpointStats {
+                histogram: vec![0; BUCKETS],
+                ..Default::default()
+            });
+        s.requests += 1;
+        s.errors += u64::from(error);
+        s.histogram[bucket(latency)] += 1;
+    }
+
+    /// A snapshot, with percentiles computed.
+    pub fn snapshot(&self) -> BTreeMap<String, EndpointStats> {
+        let mut m = self
+            .by_endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for s in m.values_mut() {
+            s.p50_us = percentile(&s.histogram, s.requests, 0.50);
+            s.p99_us = percentile(&s.histogram, s.requests, 0.99);
+        }
+        m
+    }
+}
+
+fn percentile(hist: &[u64], total: u64, q: f64) -> u64 {
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bucket_upper_us(i);
+        }
+    }
+    bucket_upper_us(hist.len().saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_and_percentiles() {
+        assert_eq!(bucket(Duration::from_micros(1)), 0);
+        assert_eq!(bucket(Duration::from_micros(15)), 0);
+        assert_eq!(bucket(Duration::from_micros(16)), 1);
+        assert_eq!(bucket(Duration::from_secs(1_000)), BUCKETS - 1);
+        let s = Stats::default();
+        for _ in 0..98 {
+            s.record("A.B", Duration::from_micros(100), false);
+        }
+        s.record("A.B", Duration::from_millis(50), true);
+        s.record("A.B", Duration::from_millis(50), true);
+        let snap = s.snapshot();
+        let ab = &snap["A.B"];
+        assert_eq!((ab.requests, ab.errors), (100, 2));
+        assert_eq!(ab.p50_us, 128);
+        assert_eq!(ab.p99_us, 65_536);
+    }
+}
