@@ -185,8 +185,23 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the node as a **function**: it joins, serves exactly one request of its services,
+    /// replies, and leaves the cluster cleanly. Requests that arrive meanwhile get a 503 that
+    /// clients retry on another node.
+    pub async fn run_function(self) -> Result<(), StartError> {
+        let node = self.spawn_inner(true).await?;
+        // Fires once the reply has been acknowledged by the caller.
+        node.inner.router.served_one.notified().await;
+        node.shutdown().await;
+        Ok(())
+    }
+
     /// Binds, joins and starts serving. Must run inside a tokio runtime.
     pub async fn spawn(self) -> Result<Node, StartError> {
+        self.spawn_inner(false).await
+    }
+
+    async fn spawn_inner(self, serve_once: bool) -> Result<Node, StartError> {
         let credentials = self.credentials.ok_or(StartError::NoCredentials)?;
         let socket = bind_socket(self.bind)?;
         let local = socket.local_addr().map_err(EndpointError::Bind)?;
@@ -206,6 +221,7 @@ impl NodeBuilder {
 
         let stats = Arc::new(Stats::default());
         let mut router = Router::new(self.max_in_flight, DEFAULT_MAX_FRAME_LEN, stats.clone());
+        router.serve_once = serve_once;
         let mut infos: Vec<ServiceInfo> = Vec::new();
         for s in self.services {
             for (endpoint, h) in s.handlers {

@@ -242,6 +242,10 @@ pub(crate) struct Router {
     drained: Notify,
     max_in_flight: usize,
     max_frame: u32,
+    /// A function node serves one request of its own services, then refuses the rest.
+    pub(crate) serve_once: bool,
+    served: AtomicBool,
+    pub(crate) served_one: Notify,
 }
 
 impl Router {
@@ -254,6 +258,9 @@ impl Router {
             drained: Notify::new(),
             max_in_flight,
             max_frame,
+            serve_once: false,
+            served: AtomicBool::new(false),
+            served_one: Notify::new(),
         }
     }
 
@@ -286,6 +293,15 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
+    }
+}
+
+/// Signals that a function's one request is over, however it ended.
+struct ServedOne<'a>(&'a Router);
+
+impl Drop for ServedOne<'_> {
+    fn drop(&mut self) {
+        self.0.served_one.notify_one();
     }
 }
 
@@ -382,7 +398,8 @@ async fn serve_unary(
     };
     let id = header.id;
     let key = format!("{}.{}", header.service, header.endpoint);
-    let result = dispatch(&router, from, header, body, &mut send).await;
+    let mut guards = CallGuards::default();
+    let result = dispatch(&router, &mut guards, from, header, body, &mut send).await;
     router
         .stats
         .record(&key, started.elapsed(), result.is_err());
@@ -391,7 +408,14 @@ async fn serve_unary(
         Err(e) => ReplyHeader::err(id, e.clone()),
     };
     reply_and_finish(&mut send, &reply, result.ok().as_deref(), router.max_frame).await;
+    // The call counts as in flight until the caller has the whole reply, so that a graceful
+    // shutdown never closes a connection under a reply still being sent.
+    let _ = tokio::time::timeout(REPLY_ACK_TIMEOUT, send.stopped()).await;
+    drop(guards);
 }
+
+/// Longest wait for a caller to acknowledge a reply before the call stops counting as in flight.
+const REPLY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn reply_and_finish(
     send: &mut quinn::SendStream,
@@ -415,8 +439,17 @@ async fn reply_and_finish(
     }
 }
 
-async fn dispatch(
-    router: &Arc<Router>,
+/// What a call holds until its reply has been delivered: its in-flight slot and, on a function
+/// node, the signal that its one request is over.
+#[derive(Default)]
+struct CallGuards<'a> {
+    in_flight: Option<InFlight<'a>>,
+    served: Option<ServedOne<'a>>,
+}
+
+async fn dispatch<'a>(
+    router: &'a Arc<Router>,
+    guards: &mut CallGuards<'a>,
     from: SocketAddr,
     header: CallHeader,
     body: Bytes,
@@ -445,6 +478,15 @@ async fn dispatch(
     let content_type = header
         .content_type()
         .map_err(|e| RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string()))?;
+    // A function serves exactly one request of its services (built-ins do not count).
+    let once = router.serve_once && header.service != crate::node::BUILTIN_SERVICE;
+    if once && router.served.swap(true, Ordering::AcqRel) {
+        return Err(RpcError::unavailable(
+            FRAMEWORK_ERROR_ID,
+            "function has served its request",
+        ));
+    }
+    guards.served = once.then_some(ServedOne(router));
     if router.in_flight.fetch_add(1, Ordering::AcqRel) >= router.max_in_flight {
         drop(InFlight(router));
         return Err(RpcError::too_many_requests(
@@ -452,7 +494,7 @@ async fn dispatch(
             "node is at its concurrency limit",
         ));
     }
-    let _guard = InFlight(router);
+    guards.in_flight = Some(InFlight(router));
     let deadline = header
         .deadline_us
         .map(|us| Instant::now() + Duration::from_micros(us));

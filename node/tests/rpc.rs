@@ -498,3 +498,39 @@ async fn garbage_on_a_raw_stream_is_refused_and_the_node_keeps_serving() {
         .unwrap();
     assert_eq!(g.greeting, "Hello ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_serves_one_request_and_leaves() {
+    let seed = start("seed", "fn", &[], vec![]).await;
+    let job = Service::new("Job").endpoint("Run", typed(|_req, n: u64| async move { Ok(n * 2) }));
+    let function = tokio::spawn(
+        Node::builder()
+            .name("fn")
+            .credentials(Credentials::key("fn").unwrap())
+            .membership(MembershipConfig::local())
+            .seeds(vec![seed.addr()])
+            .service(job)
+            .run_function(),
+    );
+    wait_for_nodes(&seed, "Job", 1).await;
+    let doubled: u64 = seed
+        .call("Job", "Run", &21u64, &CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(doubled, 42);
+    // It returns by itself, having left: the service is gone from the registry.
+    tokio::time::timeout(Duration::from_secs(10), function)
+        .await
+        .expect("the function finished")
+        .unwrap()
+        .unwrap();
+    eventually(Duration::from_secs(2), "function left", || async {
+        seed.membership().nodes_of("Job").await.unwrap().is_empty()
+    })
+    .await;
+    let e = seed
+        .call::<_, u64>("Job", "Run", &1u64, &CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::NOT_FOUND);
+}
