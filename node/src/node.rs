@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesh_membership::{
-    generation_now, Membership, MembershipConfig, MembershipHandle, ServiceNode,
+    generation_now, Event, Membership, MembershipConfig, MembershipHandle, ServiceNode,
 };
 use mesh_protocol::{CallHeader, RpcError, ServiceInfo, DEFAULT_MAX_FRAME_LEN};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -271,6 +271,10 @@ impl NodeBuilder {
         });
         let membership =
             MembershipHandle::spawn(core, Arc::new(transport.clone()), incoming, &self.seeds);
+        tokio::spawn(close_connections_to_down_members(
+            membership.watch(),
+            transport.clone(),
+        ));
         info!(%name, %advertise, services = infos.len(), "node started");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -284,6 +288,25 @@ impl NodeBuilder {
                 drain_timeout: self.drain_timeout,
             }),
         })
+    }
+}
+
+/// A crashed peer never closes its connections: calls to it would hang until QUIC's idle
+/// timeout. When membership declares a member down, close ours, so that its calls fail now (and
+/// idempotent ones are retried elsewhere). A member that left gracefully is draining its calls:
+/// its connection stays.
+async fn close_connections_to_down_members(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    transport: QuicTransport,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(Event::MemberDown { id }) => transport.close_peer(id.addr, "declared down"),
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => warn!(missed = n, "membership events lagged"),
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

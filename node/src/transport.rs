@@ -48,6 +48,8 @@ pub mod close_code {
     pub const BUSY: u32 = 3;
     /// The peer's certificate names no single advertised address.
     pub const NO_IDENTITY: u32 = 4;
+    /// Membership declared the peer down.
+    pub const PEER_DOWN: u32 = 5;
 }
 
 /// Serves streams the transport does not handle itself (anything but registry sync).
@@ -111,6 +113,17 @@ impl QuicTransport {
         });
         tokio::spawn(accept_loop(inner.clone()));
         (Self { inner }, rx)
+    }
+
+    /// Closes the connection to `peer`, if any: streams on it fail at once. Used when membership
+    /// declares `peer` down, since a crashed peer never closes its side and its calls would
+    /// otherwise wait for QUIC's idle timeout.
+    pub fn close_peer(&self, peer: SocketAddr, reason: &str) {
+        let conn = peers(&self.inner).conns.remove(&peer);
+        if let Some(c) = conn {
+            debug!(%peer, reason, "closing connection");
+            c.close(close_code::PEER_DOWN.into(), reason.as_bytes());
+        }
     }
 
     /// The connection to `to`, opened if there is none.
