@@ -114,6 +114,49 @@ impl CallOptions {
     }
 }
 
+/// An outgoing call as client wrappers see it.
+#[derive(Debug, Clone)]
+pub struct ClientCall {
+    /// Service name.
+    pub service: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Encoded request body (in `opts.content_type`).
+    pub body: Bytes,
+    /// The call's options (a wrapper may add metadata, change the timeout, ...).
+    pub opts: CallOptions,
+}
+
+/// The rest of the client chain, as a wrapper calls it.
+pub type ClientNext = std::sync::Arc<
+    dyn Fn(ClientCall) -> crate::server::BoxFuture<Result<Bytes, RpcError>> + Send + Sync,
+>;
+
+/// Middleware around outgoing calls (go-micro's client wrappers): tracing, metrics, auth
+/// headers, circuit breakers. Selection and retries happen inside `next`.
+pub trait ClientWrapper: Send + Sync + 'static {
+    /// Handles `call`, usually by calling `next`.
+    fn wrap(
+        &self,
+        call: ClientCall,
+        next: ClientNext,
+    ) -> crate::server::BoxFuture<Result<Bytes, RpcError>>;
+}
+
+impl<F, Fut> ClientWrapper for F
+where
+    F: Fn(ClientCall, ClientNext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Bytes, RpcError>> + Send + 'static,
+{
+    fn wrap(
+        &self,
+        call: ClientCall,
+        next: ClientNext,
+    ) -> crate::server::BoxFuture<Result<Bytes, RpcError>> {
+        Box::pin(self(call, next))
+    }
+}
+
 /// How one attempt failed, which decides whether another attempt is safe.
 #[derive(Debug)]
 pub(crate) enum Failure {

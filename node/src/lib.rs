@@ -16,8 +16,8 @@ pub mod server;
 pub mod stats;
 pub mod transport;
 
-pub use crate::client::{CallOptions, Strategy};
+pub use crate::client::{CallOptions, ClientCall, ClientNext, ClientWrapper, Strategy};
 pub use crate::node::{Health, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE};
 pub use crate::security::Credentials;
-pub use crate::server::{typed, Request, Service};
+pub use crate::server::{typed, Handler, Request, Service, Wrapper};
 pub use mesh_protocol::{code, ContentType, RpcError};

@@ -15,7 +15,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::client::{
-    attempt, matches, refused_before_running, Balancer, CallOptions, Failure, Tried,
+    attempt, matches, refused_before_running, Balancer, CallOptions, ClientCall, ClientNext,
+    ClientWrapper, Failure, Tried,
 };
 use crate::endpoint::{bind_socket, endpoint, EndpointConfig, EndpointError};
 use crate::security::{Credentials, SecurityError};
@@ -76,6 +77,7 @@ pub enum StartError {
 pub struct NodeBuilder {
     name: String,
     bind: SocketAddr,
+    socket: Option<std::net::UdpSocket>,
     advertise: Option<SocketAddr>,
     seeds: Vec<SocketAddr>,
     credentials: Option<Credentials>,
@@ -83,6 +85,7 @@ pub struct NodeBuilder {
     endpoint: EndpointConfig,
     services: Vec<Service>,
     wrappers: Vec<Arc<dyn Wrapper>>,
+    client_wrappers: Vec<Arc<dyn ClientWrapper>>,
     max_in_flight: usize,
     drain_timeout: Duration,
     ejection: Duration,
@@ -103,6 +106,7 @@ impl Default for NodeBuilder {
         Self {
             name: String::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            socket: None,
             advertise: None,
             seeds: Vec::new(),
             credentials: None,
@@ -110,6 +114,7 @@ impl Default for NodeBuilder {
             endpoint: EndpointConfig::default(),
             services: Vec::new(),
             wrappers: Vec::new(),
+            client_wrappers: Vec::new(),
             max_in_flight: 4096,
             drain_timeout: Duration::from_secs(10),
             ejection: Duration::from_secs(5),
@@ -127,6 +132,12 @@ impl NodeBuilder {
     /// The UDP address to bind (default `127.0.0.1:0`).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = addr;
+        self
+    }
+    /// Uses an already bound UDP socket instead of binding `bind`: useful when a certificate must
+    /// name the address before the node starts (cluster-CA mode with port 0).
+    pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.socket = Some(socket);
         self
     }
     /// The address peers reach this node at (default: the bound address).
@@ -162,6 +173,11 @@ impl NodeBuilder {
     /// Wraps every handler of this node (the first wrapper added is the outermost).
     pub fn wrap(mut self, w: impl Wrapper) -> Self {
         self.wrappers.push(Arc::new(w));
+        self
+    }
+    /// Wraps every call this node makes (the first wrapper added is the outermost).
+    pub fn wrap_client(mut self, w: impl ClientWrapper) -> Self {
+        self.client_wrappers.push(Arc::new(w));
         self
     }
     /// A node label, advertised in the registry.
@@ -203,7 +219,10 @@ impl NodeBuilder {
 
     async fn spawn_inner(self, serve_once: bool) -> Result<Node, StartError> {
         let credentials = self.credentials.ok_or(StartError::NoCredentials)?;
-        let socket = bind_socket(self.bind)?;
+        let socket = match self.socket {
+            Some(s) => s,
+            None => bind_socket(self.bind)?,
+        };
         let local = socket.local_addr().map_err(EndpointError::Bind)?;
         let advertise = match self.advertise {
             Some(a) => a,
@@ -286,6 +305,7 @@ impl NodeBuilder {
                 router,
                 balancer: Balancer::new(self.ejection, id.generation),
                 drain_timeout: self.drain_timeout,
+                client_wrappers: self.client_wrappers,
             }),
         })
     }
@@ -380,6 +400,7 @@ struct Inner {
     router: Arc<Router>,
     balancer: Balancer,
     drain_timeout: Duration,
+    client_wrappers: Vec<Arc<dyn ClientWrapper>>,
 }
 
 /// A running node: a cheap, cloneable handle.
@@ -450,7 +471,8 @@ impl Node {
             .map_err(|e| RpcError::internal(FRAMEWORK_ERROR_ID, format!("undecodable reply: {e}")))
     }
 
-    /// [`call`](Self::call) with an already encoded body (in `opts.content_type`).
+    /// [`call`](Self::call) with an already encoded body (in `opts.content_type`), through the
+    /// client wrappers.
     pub async fn call_raw(
         &self,
         service: &str,
@@ -458,6 +480,41 @@ impl Node {
         body: Bytes,
         opts: &CallOptions,
     ) -> Result<Bytes, RpcError> {
+        let call = ClientCall {
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+            body,
+            opts: opts.clone(),
+        };
+        if self.inner.client_wrappers.is_empty() {
+            return self.select_and_call(call).await;
+        }
+        let node = self.clone();
+        let innermost: ClientNext = Arc::new(move |call: ClientCall| {
+            let node = node.clone();
+            Box::pin(async move { node.select_and_call(call).await })
+        });
+        let chain = self
+            .inner
+            .client_wrappers
+            .iter()
+            .rev()
+            .fold(innermost, |next, w| {
+                let w = w.clone();
+                Arc::new(move |call: ClientCall| w.wrap(call, next.clone())) as ClientNext
+            });
+        chain(call).await
+    }
+
+    /// Selection, attempts and retries of one call.
+    async fn select_and_call(&self, call: ClientCall) -> Result<Bytes, RpcError> {
+        let ClientCall {
+            service,
+            endpoint,
+            body,
+            opts,
+        } = call;
+        let (service, endpoint, opts) = (service.as_str(), endpoint.as_str(), &opts);
         let b = &self.inner.balancer;
         let deadline = Instant::now() + opts.timeout;
         let mut tried = Tried::new();

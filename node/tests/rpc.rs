@@ -534,3 +534,148 @@ async fn a_function_serves_one_request_and_leaves() {
         .unwrap_err();
     assert_eq!(e.code, code::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_and_client_wrappers_compose() {
+    use mesh_node::{ClientCall, ClientNext, Handler, Request};
+    let order: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let (o1, o2) = (order.clone(), order.clone());
+    // Server side: the outer wrapper demands a token, the inner one records that it ran.
+    let seed = Node::builder()
+        .name("guarded")
+        .credentials(Credentials::key("wrap").unwrap())
+        .membership(MembershipConfig::local())
+        .service(greeter("guarded"))
+        .wrap(move |req: Request, next: Arc<dyn Handler>| {
+            let order = o1.clone();
+            async move {
+                order.lock().unwrap().push("auth");
+                if req.metadata.get("token").map(String::as_str) != Some("let-me-in") {
+                    return Err(RpcError::unauthorized("auth", "no token"));
+                }
+                next.call(req).await
+            }
+        })
+        .wrap(move |req: Request, next: Arc<dyn Handler>| {
+            let order = o2.clone();
+            async move {
+                order.lock().unwrap().push("log");
+                next.call(req).await
+            }
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let plain = start("plain", "wrap", &[seed.addr()], vec![]).await;
+    let with_token = Node::builder()
+        .name("with-token")
+        .credentials(Credentials::key("wrap").unwrap())
+        .membership(MembershipConfig::local())
+        .seeds(vec![seed.addr()])
+        .wrap_client(|mut call: ClientCall, next: ClientNext| async move {
+            call.opts
+                .metadata
+                .insert("token".into(), "let-me-in".into());
+            next(call).await
+        })
+        .spawn()
+        .await
+        .unwrap();
+    wait_for_nodes(&plain, "Greeter", 1).await;
+    wait_for_nodes(&with_token, "Greeter", 1).await;
+    let hello = Hello { name: "w".into() };
+    let e = plain
+        .call::<_, Greeting>("Greeter", "Hello", &hello, &CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::UNAUTHORIZED);
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["auth"],
+        "the outer wrapper stopped the call"
+    );
+    order.lock().unwrap().clear();
+    let g: Greeting = with_token
+        .call("Greeter", "Hello", &hello, &CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(g.greeting, "Hello w");
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["auth", "log"],
+        "first added is outermost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ca_nodes_work_and_another_cas_node_can_neither_join_nor_call_nor_be_called() {
+    use mesh_node::endpoint::bind_socket;
+    use mesh_node::security::CertificateAuthority;
+    let ca = CertificateAuthority::generate("cluster CA").unwrap();
+    let rogue_ca = CertificateAuthority::generate("rogue CA").unwrap();
+    // Each node's certificate names its address, so the socket is bound first.
+    let ca_node = |issuer: &CertificateAuthority, name: &str, seeds: Vec<SocketAddr>| {
+        let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let cert = issuer.issue(name, &[addr]).unwrap();
+        Node::builder()
+            .name(name)
+            .socket(socket)
+            .credentials(Credentials::ca(ca.cert_der().clone(), cert.cert, cert.key))
+            .membership(MembershipConfig::local())
+            .seeds(seeds)
+            .service(greeter(name))
+    };
+    let seed = ca_node(&ca, "ca0", vec![]).spawn().await.unwrap();
+    let member = ca_node(&ca, "ca1", vec![seed.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    wait_for_nodes(&member, "Greeter", 2).await;
+    let g: Greeting = member
+        .call_node(
+            seed.addr(),
+            "Greeter",
+            "Hello",
+            &Hello { name: "ca".into() },
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.node, "ca0");
+
+    // Certificate from another CA (while trusting ours): refused everywhere.
+    let rogue = ca_node(&rogue_ca, "rogue", vec![seed.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rogue.membership().members().await.unwrap().len(), 1);
+    assert_eq!(
+        member.membership().nodes_of("Greeter").await.unwrap().len(),
+        2
+    );
+    let opts = CallOptions::default().timeout(Duration::from_secs(3));
+    let e = rogue
+        .call_node::<_, Greeting>(
+            seed.addr(),
+            "Greeter",
+            "Hello",
+            &Hello { name: "x".into() },
+            &opts,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::UNAVAILABLE, "{e}");
+    let e = member
+        .call_node::<_, Greeting>(
+            rogue.addr(),
+            "Greeter",
+            "Hello",
+            &Hello { name: "x".into() },
+            &opts,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::UNAVAILABLE, "{e}");
+}
