@@ -14,10 +14,12 @@ mod node;
 pub mod security;
 pub mod server;
 pub mod stats;
+pub mod streaming;
 pub mod transport;
 
 pub use crate::client::{CallOptions, ClientCall, ClientNext, ClientWrapper, Strategy};
 pub use crate::node::{Health, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE};
 pub use crate::security::Credentials;
 pub use crate::server::{typed, Handler, Request, Service, Wrapper};
+pub use crate::streaming::{CallStream, Inbound, Outbound, StreamingHandler};
 pub use mesh_protocol::{code, ContentType, RpcError};

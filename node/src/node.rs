@@ -22,6 +22,7 @@ use crate::endpoint::{bind_socket, endpoint, EndpointConfig, EndpointError};
 use crate::security::{Credentials, SecurityError};
 use crate::server::{typed, wrap_all, Router, RpcServer, Service, Wrapper, FRAMEWORK_ERROR_ID};
 use crate::stats::{EndpointStats, Stats};
+use crate::streaming::CallStream;
 use crate::transport::{QuicTransport, MAX_GOSSIP_DATAGRAM};
 
 /// Service name of the endpoints every node serves: `mesh.Health`, `mesh.Info`, `mesh.Stats`.
@@ -243,6 +244,9 @@ impl NodeBuilder {
         router.serve_once = serve_once;
         let mut infos: Vec<ServiceInfo> = Vec::new();
         for s in self.services {
+            for (endpoint, h) in s.streams {
+                router.insert_stream(&s.info.name, &endpoint, h);
+            }
             for (endpoint, h) in s.handlers {
                 let key = (s.info.name.clone(), endpoint.clone());
                 if infos
@@ -581,6 +585,86 @@ impl Node {
         Err(last.unwrap_or_else(|| RpcError::unavailable(FRAMEWORK_ERROR_ID, "no attempt made")))
     }
 
+    /// Opens a streaming call to `service.endpoint` on a node chosen by the options. Nodes that
+    /// cannot be reached are skipped (nothing was sent to them); once the stream is open, it is
+    /// never retried. `opts.timeout` bounds the whole stream.
+    pub async fn stream(
+        &self,
+        service: &str,
+        endpoint: &str,
+        opts: &CallOptions,
+    ) -> Result<CallStream, RpcError> {
+        let b = &self.inner.balancer;
+        let deadline = Instant::now() + opts.timeout;
+        let mut tried = Tried::new();
+        let mut last = None;
+        for _ in 0..=opts.retries {
+            let nodes = self
+                .inner
+                .membership
+                .nodes_of(service)
+                .await
+                .map_err(stopped)?;
+            let candidates: Vec<ServiceNode> = nodes
+                .into_iter()
+                .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
+                .collect();
+            let Some(node) = b.pick(&candidates, opts) else {
+                break;
+            };
+            tried.insert(node);
+            let header = self.header(service, endpoint, opts, deadline);
+            let opened = match self.inner.transport.connection(node).await {
+                Ok(conn) => {
+                    CallStream::open(
+                        &conn,
+                        &header,
+                        opts.content_type,
+                        DEFAULT_MAX_FRAME_LEN,
+                        deadline,
+                    )
+                    .await
+                }
+                Err(e) => Err(RpcError::unavailable(
+                    FRAMEWORK_ERROR_ID,
+                    format!("{node}: {e}"),
+                )),
+            };
+            match opened {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    b.eject(node);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            RpcError::not_found(
+                FRAMEWORK_ERROR_ID,
+                format!("no node serves {service}.{endpoint}"),
+            )
+        }))
+    }
+
+    fn header(
+        &self,
+        service: &str,
+        endpoint: &str,
+        opts: &CallOptions,
+        deadline: Instant,
+    ) -> CallHeader {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        CallHeader {
+            id: self.inner.balancer.next_id(),
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+            content_type: opts.content_type.as_str().to_owned(),
+            metadata: opts.metadata.clone(),
+            deadline_us: Some(u64::try_from(remaining.as_micros()).unwrap_or(u64::MAX)),
+            routing_key: opts.routing_key.clone(),
+        }
+    }
+
     /// Calls `service.endpoint` on the node at `node`, whatever the registry says: one attempt,
     /// no retry. Built-in endpoints (`mesh.Health`, `mesh.Info`, `mesh.Stats`) are called this way.
     pub async fn call_node<Req: Serialize, Resp: DeserializeOwned>(
@@ -621,15 +705,7 @@ impl Node {
         if remaining.is_zero() {
             return Err(timeout());
         }
-        let header = CallHeader {
-            id: self.inner.balancer.next_id(),
-            service: service.to_owned(),
-            endpoint: endpoint.to_owned(),
-            content_type: opts.content_type.as_str().to_owned(),
-            metadata: opts.metadata.clone(),
-            deadline_us: Some(u64::try_from(remaining.as_micros()).unwrap_or(u64::MAX)),
-            routing_key: opts.routing_key.clone(),
-        };
+        let header = self.header(service, endpoint, opts, deadline);
         let _outstanding = self.inner.balancer.start(node);
         match tokio::time::timeout(
             remaining,

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::stats::Stats;
+use crate::streaming::{self, StreamingHandler};
 use crate::transport::{close_code, refuse, StreamHandler};
 
 /// A boxed, sendable future.
@@ -176,6 +177,7 @@ pub(crate) fn wrap_all(
 pub struct Service {
     pub(crate) info: ServiceInfo,
     pub(crate) handlers: Vec<(String, Arc<dyn Handler>)>,
+    pub(crate) streams: Vec<(String, Arc<dyn StreamingHandler>)>,
 }
 
 impl std::fmt::Debug for Service {
@@ -195,7 +197,21 @@ impl Service {
                 ..Default::default()
             },
             handlers: Vec::new(),
+            streams: Vec::new(),
         }
+    }
+
+    /// Adds a streaming endpoint (server, client or bidirectional stream: the handler reads
+    /// and sends as many messages as it likes). Advertised with metadata `stream = "true"`.
+    /// Streaming calls are never retried once the stream is open.
+    pub fn stream_endpoint(mut self, name: &str, h: impl StreamingHandler) -> Self {
+        self.info.endpoints.push(EndpointInfo {
+            name: name.to_owned(),
+            idempotent: false,
+            metadata: [("stream".to_owned(), "true".to_owned())].into(),
+        });
+        self.streams.push((name.to_owned(), Arc::new(h)));
+        self
     }
 
     /// Sets the advertised version.
@@ -236,6 +252,7 @@ impl Service {
 /// The handlers of a node, by service and endpoint, and what serving them needs.
 pub(crate) struct Router {
     handlers: HashMap<(String, String), Arc<dyn Handler>>,
+    streams: HashMap<(String, String), Arc<dyn StreamingHandler>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutting_down: AtomicBool,
     in_flight: AtomicUsize,
@@ -252,6 +269,7 @@ impl Router {
     pub(crate) fn new(max_in_flight: usize, max_frame: u32, stats: Arc<Stats>) -> Self {
         Self {
             handlers: HashMap::new(),
+            streams: HashMap::new(),
             stats,
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -266,6 +284,16 @@ impl Router {
 
     pub(crate) fn insert(&mut self, service: &str, endpoint: &str, h: Arc<dyn Handler>) {
         self.handlers
+            .insert((service.to_owned(), endpoint.to_owned()), h);
+    }
+
+    pub(crate) fn insert_stream(
+        &mut self,
+        service: &str,
+        endpoint: &str,
+        h: Arc<dyn StreamingHandler>,
+    ) {
+        self.streams
             .insert((service.to_owned(), endpoint.to_owned()), h);
     }
 
@@ -322,6 +350,9 @@ impl StreamHandler for RpcServer {
         match kind {
             StreamKind::UnaryCall => {
                 tokio::spawn(serve_unary(router, from, send, recv));
+            }
+            StreamKind::StreamingCall => {
+                tokio::spawn(serve_streaming(router, from, send, recv));
             }
             other => {
                 debug!(%from, ?other, "stream kind not served yet");
@@ -412,6 +443,43 @@ async fn serve_unary(
     // shutdown never closes a connection under a reply still being sent.
     let _ = tokio::time::timeout(REPLY_ACK_TIMEOUT, send.stopped()).await;
     drop(guards);
+}
+
+async fn serve_streaming(
+    router: Arc<Router>,
+    from: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let started = Instant::now();
+    let header =
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, streaming::read_header(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                debug!(%from, error = %e, "malformed streaming call refused");
+                refuse(&mut send, &mut recv, close_code::PROTOCOL);
+                return;
+            }
+            Err(_) => {
+                refuse(&mut send, &mut recv, close_code::PROTOCOL);
+                return;
+            }
+        };
+    let key = format!("{}.{}", header.service, header.endpoint);
+    let handler = if router.shutting_down.load(Ordering::Acquire) {
+        None
+    } else {
+        router
+            .streams
+            .get(&(header.service.clone(), header.endpoint.clone()))
+            .cloned()
+    };
+    router.in_flight.fetch_add(1, Ordering::AcqRel);
+    let _in_flight = InFlight(&router);
+    let result = streaming::serve(handler, header, from, send, recv, router.max_frame).await;
+    router
+        .stats
+        .record(&key, started.elapsed(), result.is_err());
 }
 
 /// Longest wait for a caller to acknowledge a reply before the call stops counting as in flight.
