@@ -679,3 +679,91 @@ async fn cluster_ca_nodes_work_and_another_cas_node_can_neither_join_nor_call_no
         .unwrap_err();
     assert_eq!(e.code, code::UNAVAILABLE, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_strategies_choose_the_right_nodes() {
+    use mesh_node::Strategy;
+    let started = Arc::new(AtomicUsize::new(0));
+    let svc = |name: &str, version: &str, zone: &str| {
+        let (me, me2, started) = (name.to_owned(), name.to_owned(), started.clone());
+        Service::new("Pick")
+            .version(version)
+            .metadata("zone", zone)
+            .idempotent_endpoint(
+                "Who",
+                typed(move |_req, _: ()| {
+                    let me = me.clone();
+                    async move { Ok(me) }
+                }),
+            )
+            .idempotent_endpoint(
+                "Hold",
+                typed(move |_req, ms: u64| {
+                    let (me, started) = (me2.clone(), started.clone());
+                    async move {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(me)
+                    }
+                }),
+            )
+    };
+    let p0 = start("p0", "pick", &[], vec![svc("p0", "1.0.0", "a")]).await;
+    let p1 = start("p1", "pick", &[p0.addr()], vec![svc("p1", "1.0.0", "a")]).await;
+    let p2 = start("p2", "pick", &[p0.addr()], vec![svc("p2", "2.0.0", "b")]).await;
+    let client = start("client", "pick", &[p0.addr()], vec![]).await;
+    wait_for_nodes(&client, "Pick", 3).await;
+
+    let who = |opts: CallOptions| {
+        let client = client.clone();
+        async move {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for _ in 0..30 {
+                let n: String = client.call("Pick", "Who", &(), &opts).await.unwrap();
+                *seen.entry(n).or_default() += 1;
+            }
+            seen
+        }
+    };
+    let v2 = who(CallOptions::default().version("2.0.0")).await;
+    assert_eq!(v2, HashMap::from([("p2".to_owned(), 30)]));
+    let zone_a = who(CallOptions::default().metadata_filter("zone", "a")).await;
+    let mut in_zone_a: Vec<&str> = zone_a.keys().map(String::as_str).collect();
+    in_zone_a.sort();
+    assert_eq!(in_zone_a, ["p0", "p1"]);
+    let rr = who(CallOptions::default().strategy(Strategy::RoundRobin)).await;
+    assert_eq!(
+        rr.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{rr:?}"
+    );
+    let e = client
+        .call::<_, String>("Pick", "Who", &(), &CallOptions::default().version("9.9.9"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::NOT_FOUND);
+
+    // Least outstanding: while one node holds a slow call, quick calls avoid it.
+    let opts = CallOptions::default().strategy(Strategy::LeastOutstanding);
+    let slow = {
+        let (client, opts) = (client.clone(), opts.clone());
+        tokio::spawn(async move {
+            client
+                .call::<_, String>("Pick", "Hold", &1_000u64, &opts)
+                .await
+        })
+    };
+    eventually(Duration::from_secs(5), "slow call started", || async {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let quick = who(opts).await;
+    let busy = slow.await.unwrap().unwrap();
+    assert!(
+        !quick.contains_key(&busy),
+        "a quick call went to the busy node {busy}: {quick:?}"
+    );
+    for n in [p0, p1, p2, client] {
+        n.shutdown().await;
+    }
+}
