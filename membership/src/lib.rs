@@ -124,8 +124,3 @@ pub fn generation_now() -> u64 {
         }
     }
 }
-
-/// The README's code blocks, compiled as doctests so that they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

@@ -1,11 +1,63 @@
 //! The mesh node: what applications embed.
 //!
-//! This crate will own one `quinn` endpoint per process (mutual TLS with `rustls` and `rcgen`),
-//! which carries SWIM gossip as QUIC datagrams, registry pulls and RPC on bidirectional streams, and
-//! pub/sub deliveries; the server (typed handlers, wrappers), the client (selector, deadlines, safe
-//! retries), and the `mesh-node` binary. It drives the sans-IO cores of `mesh-membership` and speaks
-//! the wire format of `mesh-protocol`.
+//! A [`Node`] is one process in a mesh: one UDP port, one `quinn` endpoint, mutual TLS with every
+//! peer. It gossips membership and the service registry (`mesh-membership`) as QUIC datagrams,
+//! pulls registry records and serves RPC on bidirectional streams, and finds the nodes of a
+//! service by name, with no registry server.
 //!
+//! # A service and its client
+//!
+//! ```no_run
+//! use mesh_node::{typed, CallOptions, Credentials, Node, Service};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Hello { name: String }
+//! #[derive(Serialize, Deserialize)]
+//! struct Greeting { greeting: String }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = Credentials::key(std::env::var("MESH_CLUSTER_KEY")?)?;
+//! let greeter = Node::builder()
+//!     .bind("127.0.0.1:7000".parse()?)
+//!     .credentials(key.clone())
+//!     .service(Service::new("Greeter").idempotent_endpoint("Hello", typed(|_req, h: Hello| async move {
+//!         Ok(Greeting { greeting: format!("Hello {}", h.name) })
+//!     })))
+//!     .spawn()
+//!     .await?;
+//!
+//! let client = Node::builder().credentials(key).seeds(vec![greeter.addr()]).spawn().await?;
+//! let reply: Greeting = client
+//!     .call("Greeter", "Hello", &Hello { name: "John".into() }, &CallOptions::default())
+//!     .await?;
+//! assert_eq!(reply.greeting, "Hello John");
+//! # Ok(()) }
+//! ```
+//!
+//! # What you can rely on
+//!
+//! - **Admission.** Only nodes holding the cluster's credentials connect at all, for gossip as
+//!   for calls ([`security`]): a shared cluster key, or certificates from a cluster CA. Each node's
+//!   certificate names its advertised address, and gossip is attributed to that address.
+//! - **Calls.** A call goes to one node of the service, picked at random (or by
+//!   [`Strategy`], or by rendezvous hashing of a routing key). Its deadline travels with it; the
+//!   handler is cancelled when it passes or when the caller goes away, and a panicking handler
+//!   becomes a 500 while the node keeps serving.
+//! - **Retries never run a non-idempotent handler twice.** A call is retried on another node only
+//!   if nothing was sent, if the callee refused it before running a handler (overload, shutdown),
+//!   or if the endpoint is declared idempotent ([`Service::idempotent_endpoint`]). Nodes that fail
+//!   at the transport level are avoided for a while; error replies never count against a node. When
+//!   membership declares a node down, its connections are closed at once, so calls to a crashed
+//!   node fail over in about the detection time rather than waiting for QUIC's idle timeout.
+//! - **Streams** ([`Node::stream`], [`Service::stream_endpoint`]): server, client and bidirectional,
+//!   with backpressure from QUIC flow control.
+//! - **Graceful shutdown** ([`Node::shutdown`]): leave the cluster, refuse new calls with a
+//!   retryable 503, drain calls in flight up to a timeout. A **function**
+//!   ([`NodeBuilder::run_function`]) serves one request and leaves.
+//! - **Built-ins** on every node: `mesh.Health`, `mesh.Info`, `mesh.Stats` ([`Node::call_node`]).
+//!
+//! The wire format is specified in `docs/PROTOCOL.md`.
 #![deny(missing_docs)]
 
 pub mod client;
@@ -23,3 +75,8 @@ pub use crate::security::Credentials;
 pub use crate::server::{typed, Handler, Request, Service, Wrapper};
 pub use crate::streaming::{CallStream, Inbound, Outbound, StreamingHandler};
 pub use mesh_protocol::{code, ContentType, RpcError};
+
+/// The README's code blocks, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
