@@ -350,7 +350,7 @@ pub struct NodeInfo {
 /// What `mesh.Health` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// `"ok"`, or `"draining"` during shutdown.
+    /// `"ok"`. (A node shutting down refuses every call with a 503, this one included.)
     pub status: String,
 }
 
@@ -519,6 +519,15 @@ impl Node {
             opts,
         } = call;
         let (service, endpoint, opts) = (service.as_str(), endpoint.as_str(), &opts);
+        if body.len() > DEFAULT_MAX_FRAME_LEN as usize {
+            return Err(RpcError::bad_request(
+                FRAMEWORK_ERROR_ID,
+                format!(
+                    "request of {} bytes exceeds the {DEFAULT_MAX_FRAME_LEN} byte frame limit",
+                    body.len()
+                ),
+            ));
+        }
         let b = &self.inner.balancer;
         let deadline = Instant::now() + opts.timeout;
         let mut tried = Tried::new();

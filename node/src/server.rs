@@ -428,12 +428,27 @@ async fn serve_unary(
         }
     };
     let id = header.id;
+    let known = router
+        .handlers
+        .contains_key(&(header.service.clone(), header.endpoint.clone()));
     let key = format!("{}.{}", header.service, header.endpoint);
     let mut guards = CallGuards::default();
-    let result = dispatch(&router, &mut guards, from, header, body, &mut send).await;
-    router
-        .stats
-        .record(&key, started.elapsed(), result.is_err());
+    let mut result = dispatch(&router, &mut guards, from, header, body, &mut send).await;
+    if result
+        .as_ref()
+        .is_ok_and(|reply| reply.len() > router.max_frame as usize)
+    {
+        result = Err(RpcError::internal(
+            FRAMEWORK_ERROR_ID,
+            format!("reply exceeds the {} byte frame limit", router.max_frame),
+        ));
+    }
+    // Only served endpoints are counted: names a caller makes up must not grow the table.
+    if known {
+        router
+            .stats
+            .record(&key, started.elapsed(), result.is_err());
+    }
     let reply = match &result {
         Ok(_) => ReplyHeader::ok(id),
         Err(e) => ReplyHeader::err(id, e.clone()),
@@ -466,20 +481,36 @@ async fn serve_streaming(
             }
         };
     let key = format!("{}.{}", header.service, header.endpoint);
-    let handler = if router.shutting_down.load(Ordering::Acquire) {
-        None
-    } else {
-        router
-            .streams
-            .get(&(header.service.clone(), header.endpoint.clone()))
-            .cloned()
-    };
-    router.in_flight.fetch_add(1, Ordering::AcqRel);
+    let handler = router
+        .streams
+        .get(&(header.service.clone(), header.endpoint.clone()))
+        .cloned();
+    let known = handler.is_some();
+    // The same refusals as unary calls, before any handler runs.
+    let over_limit = router.in_flight.fetch_add(1, Ordering::AcqRel) >= router.max_in_flight;
     let _in_flight = InFlight(&router);
-    let result = streaming::serve(handler, header, from, send, recv, router.max_frame).await;
-    router
-        .stats
-        .record(&key, started.elapsed(), result.is_err());
+    let refusal = if router.shutting_down.load(Ordering::Acquire) {
+        Some(RpcError::unavailable(
+            FRAMEWORK_ERROR_ID,
+            "node is shutting down",
+        ))
+    } else if over_limit && known {
+        Some(RpcError::too_many_requests(
+            FRAMEWORK_ERROR_ID,
+            "node is at its concurrency limit",
+        ))
+    } else {
+        None
+    };
+    let result = match refusal {
+        Some(e) => streaming::refuse(e, header.id, send, router.max_frame).await,
+        None => streaming::serve(handler, header, from, send, recv, router.max_frame).await,
+    };
+    if known {
+        router
+            .stats
+            .record(&key, started.elapsed(), result.is_err());
+    }
 }
 
 /// Longest wait for a caller to acknowledge a reply before the call stops counting as in flight.
@@ -588,6 +619,12 @@ async fn dispatch<'a>(
     };
     tokio::select! {
         joined = task => match joined {
+            // A handler that passes on the framework's refusal of a call it made downstream
+            // (`?` on a 503 "mesh") must not make its own caller think it never ran.
+            Ok(Err(mut e)) if e.id == FRAMEWORK_ERROR_ID => {
+                e.id = service.clone();
+                Err(e)
+            }
             Ok(result) => result,
             Err(e) if e.is_panic() => {
                 warn!(%service, "handler panicked");
@@ -603,7 +640,7 @@ async fn dispatch<'a>(
             // The caller went away: stop working for it.
             abort.abort();
             debug!(%service, "caller went away: handler cancelled");
-            Err(RpcError::new(&service, 499, "caller went away"))
+            Err(RpcError::new(&service, mesh_protocol::code::CLIENT_CLOSED, "caller went away"))
         }
     }
 }

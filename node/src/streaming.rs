@@ -36,6 +36,9 @@ pub struct Inbound {
     max_frame: u32,
     /// Set when the peer ended with an `End` frame (callee side of the caller's stream).
     end: Option<ReplyHeader>,
+    /// Whether the peer must end with an `End` frame (the caller reading the callee's messages):
+    /// a bare end of stream then means the call broke, not that it succeeded.
+    expect_end: bool,
     done: bool,
 }
 
@@ -61,6 +64,9 @@ impl Inbound {
             // A clean end of stream between frames: the peer finished sending.
             Err(quinn::ReadExactError::FinishedEarly(0)) => {
                 self.done = true;
+                if self.expect_end {
+                    return Some(Err(stream_error("stream ended without an End frame")));
+                }
                 return None;
             }
             Err(e) => {
@@ -133,10 +139,13 @@ impl Outbound {
             .content_type
             .encode(msg)
             .map_err(|e| RpcError::internal(FRAMEWORK_ERROR_ID, e.to_string()))?;
-        self.tx
-            .send(bytes.into())
-            .await
-            .map_err(|_| RpcError::new(FRAMEWORK_ERROR_ID, 499, "caller went away"))
+        self.tx.send(bytes.into()).await.map_err(|_| {
+            RpcError::new(
+                FRAMEWORK_ERROR_ID,
+                mesh_protocol::code::CLIENT_CLOSED,
+                "caller went away",
+            )
+        })
     }
 }
 
@@ -183,6 +192,21 @@ fn end_frame(status: Result<(), RpcError>, id: u64, max: u32) -> BytesMut {
     buf
 }
 
+/// Ends a streaming call at once with `e` (an End frame, then FIN).
+pub(crate) async fn refuse(
+    e: RpcError,
+    id: u64,
+    mut send: quinn::SendStream,
+    max_frame: u32,
+) -> Result<(), RpcError> {
+    let _ = send
+        .write_all(&end_frame(Err(e.clone()), id, max_frame))
+        .await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    Err(e)
+}
+
 /// Serves one streaming call whose header has been read.
 pub(crate) async fn serve(
     handler: Option<Arc<dyn StreamingHandler>>,
@@ -201,21 +225,13 @@ pub(crate) async fn serve(
                 header.service, header.endpoint
             ),
         );
-        let _ = send
-            .write_all(&end_frame(Err(e.clone()), id, max_frame))
-            .await;
-        let _ = send.finish();
-        return Err(e);
+        return refuse(e, id, send, max_frame).await;
     };
     let content_type = match header.content_type() {
         Ok(ct) => ct,
         Err(e) => {
             let e = RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string());
-            let _ = send
-                .write_all(&end_frame(Err(e.clone()), id, max_frame))
-                .await;
-            let _ = send.finish();
-            return Err(e);
+            return refuse(e, id, send, max_frame).await;
         }
     };
     let deadline = header
@@ -237,6 +253,7 @@ pub(crate) async fn serve(
         content_type,
         max_frame,
         end: None,
+        expect_end: false,
         done: false,
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
@@ -251,9 +268,13 @@ pub(crate) async fn serve(
             if let Err(e) = encode_frame(FrameKind::Data, &msg, max_frame, &mut buf) {
                 return Err(RpcError::internal(&service, e.to_string()));
             }
-            send.write_all(&buf)
-                .await
-                .map_err(|_| RpcError::new(&service, 499, "caller went away"))?;
+            send.write_all(&buf).await.map_err(|_| {
+                RpcError::new(
+                    &service,
+                    mesh_protocol::code::CLIENT_CLOSED,
+                    "caller went away",
+                )
+            })?;
         }
         Ok(())
     };
@@ -342,6 +363,7 @@ impl CallStream {
                 content_type,
                 max_frame,
                 end: None,
+                expect_end: true,
                 done: false,
             },
             content_type,

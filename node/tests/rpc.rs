@@ -28,6 +28,9 @@ struct Greeting {
     node: String,
 }
 
+/// Executions of the non-idempotent `Greeter.Forward`, across all nodes of a test.
+static FORWARD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 fn greeter(node_name: &str) -> Service {
     let me = node_name.to_owned();
     let me2 = me.clone();
@@ -58,6 +61,14 @@ fn greeter(node_name: &str) -> Service {
                     panic!("handler bug");
                 }
                 Ok(())
+            }),
+        )
+        .endpoint(
+            "Forward",
+            typed(|_req, _: ()| async move {
+                FORWARD_RUNS.fetch_add(1, Ordering::SeqCst);
+                // As if a downstream call had been refused and passed on with `?`.
+                Err::<(), _>(RpcError::unavailable("mesh", "downstream refused"))
             }),
         )
         .endpoint(
@@ -203,6 +214,29 @@ async fn errors_panics_deadlines_and_builtins() {
         .await
         .unwrap_err();
     assert_eq!(e.code, code::NOT_FOUND);
+
+    // Made-up endpoint names are not counted (the stats table cannot be grown from outside).
+    let stats = greeters[0].stats();
+    assert!(!stats.contains_key("Greeter.Nope"), "{stats:?}");
+
+    // A handler passing on a framework refusal from downstream: its caller must not take it for
+    // "never ran" and retry the non-idempotent endpoint elsewhere.
+    let e = client
+        .call::<_, ()>("Greeter", "Forward", &(), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.id.as_str()), (code::UNAVAILABLE, "Greeter"));
+    assert_eq!(FORWARD_RUNS.load(Ordering::SeqCst), 1, "ran exactly once");
+
+    // A request larger than a frame is refused before anything is sent.
+    let huge = Hello {
+        name: "x".repeat(5 * 1024 * 1024),
+    };
+    let e = client
+        .call::<_, Greeting>("Greeter", "Hello", &huge, &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::BAD_REQUEST, "{e}");
 
     // A panicking handler: 500, and the node keeps serving.
     let target = greeters[1].addr();

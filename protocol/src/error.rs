@@ -19,6 +19,8 @@ pub mod code {
     pub const CONFLICT: u16 = 409;
     /// The callee is over its concurrency or rate limit. Safe to retry elsewhere.
     pub const TOO_MANY_REQUESTS: u16 = 429;
+    /// The caller went away before the reply (nginx's "Client Closed Request").
+    pub const CLIENT_CLOSED: u16 = 499;
     /// The handler failed (or panicked).
     pub const INTERNAL: u16 = 500;
     /// The callee is shutting down, or no node can serve the request.
@@ -34,6 +36,7 @@ pub mod code {
             TIMEOUT => "Request Timeout",
             CONFLICT => "Conflict",
             TOO_MANY_REQUESTS => "Too Many Requests",
+            CLIENT_CLOSED => "Client Closed Request",
             INTERNAL => "Internal Server Error",
             UNAVAILABLE => "Service Unavailable",
             _ => "Unknown",
