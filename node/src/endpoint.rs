@@ -10,6 +10,10 @@ use crate::security::{NodeTls, SecurityError};
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     /// A connection with no traffic for this long is closed; the next message reopens it.
+    ///
+    /// There is no keep-alive (idle connections are meant to close), so a call whose handler runs
+    /// longer than this while nothing else crosses that connection is cut: set it above the
+    /// longest deadline you use. Gossip keeps connections between live members busy.
     pub idle_timeout: Duration,
     /// Bidirectional streams a peer may have open towards us at once (calls, syncs).
     pub max_concurrent_bidi_streams: u32,
