@@ -256,6 +256,21 @@ impl Balancer {
         Some(pool[i].node.addr)
     }
 
+    /// A random address among `nodes` (preferring ones not ejected).
+    pub(crate) fn pick_addr(&self, nodes: &[SocketAddr]) -> Option<SocketAddr> {
+        if nodes.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let healthy: Vec<SocketAddr> = nodes
+            .iter()
+            .copied()
+            .filter(|n| !self.is_ejected(*n, now))
+            .collect();
+        let pool = if healthy.is_empty() { nodes } else { &healthy };
+        Some(pool[lock(&self.rng).random_range(0..pool.len())])
+    }
+
     pub(crate) fn start(&self, node: SocketAddr) -> Outstanding<'_> {
         *lock(&self.outstanding).entry(node).or_default() += 1;
         Outstanding { b: self, node }

@@ -63,6 +63,7 @@
 pub mod client;
 pub mod endpoint;
 mod node;
+pub mod pubsub;
 pub mod security;
 pub mod server;
 pub mod stats;
@@ -71,6 +72,10 @@ pub mod transport;
 
 pub use crate::client::{CallOptions, ClientCall, ClientNext, ClientWrapper, Strategy};
 pub use crate::node::{Health, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE};
+pub use crate::pubsub::{
+    Delivery, Message, PublishOptions, PublishReport, SubscriberNext, SubscriberWrapper,
+    Subscription,
+};
 pub use crate::security::Credentials;
 pub use crate::server::{typed, Handler, Request, Service, Wrapper};
 pub use crate::streaming::{CallStream, Inbound, Outbound, StreamingHandler};

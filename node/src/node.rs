@@ -10,8 +10,12 @@ use bytes::Bytes;
 use mesh_membership::{
     generation_now, Event, Membership, MembershipConfig, MembershipHandle, ServiceNode,
 };
-use mesh_protocol::{CallHeader, RpcError, ServiceInfo, DEFAULT_MAX_FRAME_LEN};
+use mesh_protocol::{
+    CallHeader, PublishHeader, RpcError, ServiceInfo, Subscription as Subscription_,
+    DEFAULT_MAX_FRAME_LEN,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use tracing::{info, warn};
 
 use crate::client::{
@@ -19,6 +23,10 @@ use crate::client::{
     ClientWrapper, Failure, Tried,
 };
 use crate::endpoint::{bind_socket, endpoint, EndpointConfig, EndpointError};
+use crate::pubsub::{
+    Delivery, Links, Plan, PublishOptions, PublishReport, SubscriberWrapper, Subscribers,
+    Subscription, SubscriptionGuard, DEFAULT_SUBSCRIPTION_QUEUE,
+};
 use crate::security::{Credentials, SecurityError};
 use crate::server::{typed, wrap_all, Router, RpcServer, Service, Wrapper, FRAMEWORK_ERROR_ID};
 use crate::stats::{EndpointStats, Stats};
@@ -87,6 +95,8 @@ pub struct NodeBuilder {
     services: Vec<Service>,
     wrappers: Vec<Arc<dyn Wrapper>>,
     client_wrappers: Vec<Arc<dyn ClientWrapper>>,
+    subscriber_wrappers: Vec<Arc<dyn SubscriberWrapper>>,
+    subscription_queue: usize,
     max_in_flight: usize,
     drain_timeout: Duration,
     ejection: Duration,
@@ -116,6 +126,8 @@ impl Default for NodeBuilder {
             services: Vec::new(),
             wrappers: Vec::new(),
             client_wrappers: Vec::new(),
+            subscriber_wrappers: Vec::new(),
+            subscription_queue: DEFAULT_SUBSCRIPTION_QUEUE,
             max_in_flight: 4096,
             drain_timeout: Duration::from_secs(10),
             ejection: Duration::from_secs(5),
@@ -181,6 +193,17 @@ impl NodeBuilder {
         self.client_wrappers.push(Arc::new(w));
         self
     }
+    /// Wraps every delivery to this node's subscriptions (the first wrapper added is the
+    /// outermost).
+    pub fn wrap_subscriber(mut self, w: impl SubscriberWrapper) -> Self {
+        self.subscriber_wrappers.push(Arc::new(w));
+        self
+    }
+    /// Messages each subscription buffers before new ones are dropped (default 1024).
+    pub fn subscription_queue(mut self, n: usize) -> Self {
+        self.subscription_queue = n;
+        self
+    }
     /// A node label, advertised in the registry.
     pub fn label(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.labels.insert(k.into(), v.into());
@@ -240,7 +263,13 @@ impl NodeBuilder {
         let quic = endpoint(socket, &tls, &self.endpoint)?;
 
         let stats = Arc::new(Stats::default());
-        let mut router = Router::new(self.max_in_flight, DEFAULT_MAX_FRAME_LEN, stats.clone());
+        let subscribers = Arc::new(Subscribers::new(self.subscriber_wrappers));
+        let mut router = Router::new(
+            self.max_in_flight,
+            DEFAULT_MAX_FRAME_LEN,
+            stats.clone(),
+            subscribers.clone(),
+        );
         router.serve_once = serve_once;
         let mut infos: Vec<ServiceInfo> = Vec::new();
         for s in self.services {
@@ -299,6 +328,7 @@ impl NodeBuilder {
             transport.clone(),
         ));
         info!(%name, %advertise, services = infos.len(), "node started");
+        let links = Links::new(transport.clone(), DEFAULT_MAX_FRAME_LEN);
         Ok(Node {
             inner: Arc::new(Inner {
                 name,
@@ -310,6 +340,9 @@ impl NodeBuilder {
                 balancer: Balancer::new(self.ejection, id.generation),
                 drain_timeout: self.drain_timeout,
                 client_wrappers: self.client_wrappers,
+                links,
+                subscribers,
+                subscription_queue: self.subscription_queue,
             }),
         })
     }
@@ -405,6 +438,9 @@ struct Inner {
     balancer: Balancer,
     drain_timeout: Duration,
     client_wrappers: Vec<Arc<dyn ClientWrapper>>,
+    links: Links,
+    subscribers: Arc<Subscribers>,
+    subscription_queue: usize,
 }
 
 /// A running node: a cheap, cloneable handle.
@@ -751,6 +787,203 @@ impl Node {
         }
         inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+    }
+
+    /// Subscribes to `topic`: every message published to it reaches this subscription. The
+    /// subscription is advertised in the registry until it is dropped.
+    pub async fn subscribe<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+    ) -> Result<Subscription<T>, RpcError> {
+        self.subscribe_inner(topic, None).await
+    }
+
+    /// Subscribes to `topic` in the queue group `group`: each message reaches one member of the
+    /// group (across the cluster), chosen by the publisher.
+    pub async fn subscribe_queue<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Subscription<T>, RpcError> {
+        self.subscribe_inner(topic, Some(group.to_owned())).await
+    }
+
+    async fn subscribe_inner<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+        group: Option<String>,
+    ) -> Result<Subscription<T>, RpcError> {
+        if topic.is_empty() || topic.len() > mesh_protocol::MAX_NAME_LEN {
+            return Err(RpcError::bad_request(
+                FRAMEWORK_ERROR_ID,
+                "topic must be 1..=256 bytes",
+            ));
+        }
+        let subscribers = self.inner.subscribers.clone();
+        let (id, rx, dropped) =
+            subscribers.add(topic, group.clone(), self.inner.subscription_queue);
+        let entry = Subscription_ {
+            topic: topic.to_owned(),
+            queue: group,
+        };
+        let advertised = entry.clone();
+        self.inner
+            .membership
+            .update_record(move |r| {
+                if !r.subscriptions.contains(&advertised) {
+                    r.subscriptions.push(advertised);
+                }
+            })
+            .await
+            .map_err(stopped)?;
+        let membership = self.inner.membership.clone();
+        let topic_owned = topic.to_owned();
+        let on_drop = move || {
+            let (_, still) = subscribers.remove(&entry.topic, id);
+            if still {
+                return;
+            }
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = membership
+                        .update_record(move |r| r.subscriptions.retain(|s| *s != entry))
+                        .await;
+                });
+            }
+        };
+        Ok(Subscription {
+            rx,
+            dropped,
+            _guard: SubscriptionGuard {
+                topic: topic_owned,
+                on_drop: Some(Box::new(on_drop)),
+            },
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// Publishes `msg` to `topic`: to every node with plain subscribers, and to one member of
+    /// each queue group. With `opts.ack`, waits for each node to acknowledge, and retries a
+    /// queue-group delivery on another member of the group when the chosen one fails.
+    /// Publishing to a topic nobody subscribes to delivers nothing and is not an error.
+    pub async fn publish<T: Serialize>(
+        &self,
+        topic: &str,
+        msg: &T,
+        opts: &PublishOptions,
+    ) -> Result<PublishReport, RpcError> {
+        let body: Bytes = opts
+            .content_type
+            .encode(msg)
+            .map_err(|e| RpcError::bad_request(FRAMEWORK_ERROR_ID, e.to_string()))?
+            .into();
+        if body.len() > DEFAULT_MAX_FRAME_LEN as usize {
+            return Err(RpcError::bad_request(
+                FRAMEWORK_ERROR_ID,
+                "message exceeds the frame limit",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let records = self
+            .inner
+            .membership
+            .visible_records()
+            .await
+            .map_err(stopped)?;
+        let plan = Plan::from_records(topic, &records);
+        let mut tried: HashMap<String, HashSet<SocketAddr>> = HashMap::new();
+        // First round: plain subscribers, and one random member of each group.
+        let mut round: BTreeMap<SocketAddr, (bool, Vec<String>)> = BTreeMap::new();
+        for node in &plan.plain {
+            round.entry(*node).or_default().0 = true;
+        }
+        for (group, members) in &plan.groups {
+            if let Some(node) = self.inner.balancer.pick_addr(members) {
+                tried.entry(group.clone()).or_default().insert(node);
+                round.entry(node).or_default().1.push(group.clone());
+            }
+        }
+        let mut report = PublishReport::default();
+        while !round.is_empty() {
+            let mut retry: Vec<String> = Vec::new();
+            let mut waits = Vec::new();
+            for (node, (plain, groups)) in std::mem::take(&mut round) {
+                let header = PublishHeader {
+                    seq: 0,
+                    topic: topic.to_owned(),
+                    content_type: opts.content_type.as_str().to_owned(),
+                    metadata: opts.metadata.clone(),
+                    plain,
+                    groups: groups.clone(),
+                    ack: opts.ack,
+                };
+                let sent = if node == self.inner.addr {
+                    let d = Delivery {
+                        topic: topic.to_owned(),
+                        metadata: opts.metadata.clone(),
+                        publisher: node,
+                        content_type: opts.content_type,
+                        body: body.clone(),
+                    };
+                    match self
+                        .inner
+                        .subscribers
+                        .deliver(d, plain, groups.clone())
+                        .await
+                    {
+                        Ok(()) => Ok(None),
+                        Err(e) if opts.ack => Err(e),
+                        // Fire and forget: a full local queue is the subscription's drop count.
+                        Err(_) => Ok(None),
+                    }
+                } else {
+                    let wait = opts.ack.then_some(deadline);
+                    self.inner
+                        .links
+                        .send(node, header, body.clone(), wait)
+                        .await
+                };
+                match sent {
+                    Ok(None) => report.delivered.push(node),
+                    Ok(Some(ack)) => waits.push((node, groups, ack)),
+                    Err(e) => {
+                        retry.extend(groups);
+                        report.failed.push((node, e));
+                    }
+                }
+            }
+            for (node, groups, ack) in waits {
+                let outcome = match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(RpcError::unavailable(FRAMEWORK_ERROR_ID, "link closed")),
+                    Err(_) => Err(RpcError::timeout(FRAMEWORK_ERROR_ID, "no ack in time")),
+                };
+                match outcome {
+                    Ok(()) => report.delivered.push(node),
+                    Err(e) => {
+                        retry.extend(groups);
+                        report.failed.push((node, e));
+                    }
+                }
+            }
+            // Acknowledged queue-group deliveries move to another member of the group.
+            if !opts.ack || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            for group in retry {
+                let tried = tried.entry(group.clone()).or_default();
+                let untried: Vec<SocketAddr> = plan.groups[&group]
+                    .iter()
+                    .copied()
+                    .filter(|n| !tried.contains(n))
+                    .collect();
+                if let Some(node) = self.inner.balancer.pick_addr(&untried) {
+                    tried.insert(node);
+                    round.entry(node).or_default().1.push(group);
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The QUIC connection to the node at `addr`, opened if needed: low-level access for protocols

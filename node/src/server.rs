@@ -18,6 +18,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::pubsub::{self, Subscribers};
 use crate::stats::Stats;
 use crate::streaming::{self, StreamingHandler};
 use crate::transport::{close_code, refuse, StreamHandler};
@@ -263,11 +264,18 @@ pub(crate) struct Router {
     pub(crate) serve_once: bool,
     served: AtomicBool,
     pub(crate) served_one: Notify,
+    pub(crate) subscribers: Arc<Subscribers>,
 }
 
 impl Router {
-    pub(crate) fn new(max_in_flight: usize, max_frame: u32, stats: Arc<Stats>) -> Self {
+    pub(crate) fn new(
+        max_in_flight: usize,
+        max_frame: u32,
+        stats: Arc<Stats>,
+        subscribers: Arc<Subscribers>,
+    ) -> Self {
         Self {
+            subscribers,
             handlers: HashMap::new(),
             streams: HashMap::new(),
             stats,
@@ -353,6 +361,16 @@ impl StreamHandler for RpcServer {
             }
             StreamKind::StreamingCall => {
                 tokio::spawn(serve_streaming(router, from, send, recv));
+            }
+            StreamKind::Publish => {
+                let subscribers = router.subscribers.clone();
+                tokio::spawn(pubsub::serve(
+                    subscribers,
+                    from,
+                    send,
+                    recv,
+                    router.max_frame,
+                ));
             }
             other => {
                 debug!(%from, ?other, "stream kind not served yet");

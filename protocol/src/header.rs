@@ -133,6 +133,74 @@ impl ReplyHeader {
     }
 }
 
+/// The header of one pub/sub delivery on a `Publish` stream (a `Header` frame, followed by one
+/// `Data` frame with the message body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishHeader {
+    /// Sequence number of the delivery on this stream, from 1; acks name it.
+    pub seq: u64,
+    /// Topic.
+    pub topic: String,
+    /// Content type of the body.
+    pub content_type: String,
+    /// Publisher metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Deliver to the receiver's plain (non-group) subscribers of `topic`.
+    #[serde(default)]
+    pub plain: bool,
+    /// Deliver to one local subscriber of each of these queue groups of `topic`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Whether the publisher waits for a [`PublishAck`].
+    #[serde(default)]
+    pub ack: bool,
+}
+
+impl PublishHeader {
+    /// Encodes as a MessagePack map.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        to_msgpack(self)
+    }
+
+    /// Decodes a header of at most [`DEFAULT_MAX_HEADER_LEN`] bytes with a topic of
+    /// 1..=[`MAX_NAME_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        check_header_len(bytes)?;
+        let h: Self = from_msgpack(bytes)?;
+        if h.topic.is_empty() || h.topic.len() > MAX_NAME_LEN {
+            return Err(CodecError::Invalid(format!(
+                "topic must be 1..={MAX_NAME_LEN} bytes, got {}",
+                h.topic.len()
+            )));
+        }
+        Ok(h)
+    }
+}
+
+/// The receiver's answer to a delivery sent with `ack: true` (a `Header` frame on the way back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishAck {
+    /// The delivery's sequence number.
+    pub seq: u64,
+    /// `None`: every targeted local subscriber accepted the message. Otherwise why not.
+    #[serde(default)]
+    pub error: Option<RpcError>,
+}
+
+impl PublishAck {
+    /// Encodes as a MessagePack map.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        to_msgpack(self)
+    }
+
+    /// Decodes an ack of at most [`DEFAULT_MAX_HEADER_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        check_header_len(bytes)?;
+        from_msgpack(bytes)
+    }
+}
+
 fn check_header_len(bytes: &[u8]) -> Result<(), CodecError> {
     if bytes.len() > DEFAULT_MAX_HEADER_LEN {
         return Err(CodecError::HeaderTooLarge {
@@ -201,6 +269,38 @@ mod tests {
                 max: DEFAULT_MAX_HEADER_LEN
             })
         );
+    }
+
+    #[test]
+    fn publish_header_and_ack_round_trip() {
+        let h = PublishHeader {
+            seq: 9,
+            topic: "orders".into(),
+            content_type: "application/json".into(),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            plain: true,
+            groups: vec!["billing".into()],
+            ack: true,
+        };
+        assert_eq!(PublishHeader::decode(&h.encode().unwrap()).unwrap(), h);
+        let mut empty = h.clone();
+        empty.topic.clear();
+        assert!(matches!(
+            PublishHeader::decode(&empty.encode().unwrap()),
+            Err(CodecError::Invalid(_))
+        ));
+        for a in [
+            PublishAck {
+                seq: 1,
+                error: None,
+            },
+            PublishAck {
+                seq: 2,
+                error: Some(RpcError::too_many_requests("mesh", "queue full")),
+            },
+        ] {
+            assert_eq!(PublishAck::decode(&a.encode().unwrap()).unwrap(), a);
+        }
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub use frame::{
     encode_frame, Frame, FrameDecoder, FrameError, FrameHeader, FrameKind, Preamble, StreamKind,
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
-pub use header::{CallHeader, ReplyHeader, DEFAULT_MAX_HEADER_LEN, MAX_NAME_LEN};
+pub use header::{
+    CallHeader, PublishAck, PublishHeader, ReplyHeader, DEFAULT_MAX_HEADER_LEN, MAX_NAME_LEN,
+};
 pub use registry::{
     Digest, EndpointInfo, MemberId, NodeRecord, ServiceInfo, Subscription, SyncRequest,
     SyncResponse, MAX_RECORD_LEN,
