@@ -38,6 +38,36 @@ pub struct HelloResponse {
     pub greeting: String,
 }
 
+/// A byte payload that MessagePack encodes as `bin` (serde's default for `Vec<u8>` is an array
+/// of integers, one byte each at best): what the benchmarks send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 /// Flags every example understands, plus the ones it asked for.
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -148,6 +178,19 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn blob_is_msgpack_bin_and_round_trips() {
+        let b = Blob(vec![1, 2, 3]);
+        let bytes = mesh_node::ContentType::MsgPack.encode(&b).unwrap();
+        assert_eq!(bytes, vec![0xc4, 3, 1, 2, 3]);
+        assert_eq!(
+            mesh_node::ContentType::MsgPack
+                .decode::<Blob>(&bytes)
+                .unwrap(),
+            b
+        );
     }
 
     #[test]

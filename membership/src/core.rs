@@ -610,6 +610,22 @@ impl Membership {
         out
     }
 
+    /// The subscriptions to `topic` of every active node: (node, queue group), sorted.
+    pub fn subscribers_of(&self, topic: &str) -> Vec<(MemberId, Option<String>)> {
+        let mut out: Vec<(MemberId, Option<String>)> = self
+            .registry
+            .visible()
+            .flat_map(|r| {
+                r.subscriptions
+                    .iter()
+                    .filter(|s| s.topic == topic)
+                    .map(|s| (r.id, s.queue.clone()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The records of every active node, sorted by address: what lookups see.
     pub fn visible_records(&self) -> Vec<NodeRecord> {
         let mut out: Vec<NodeRecord> = self.registry.visible().cloned().collect();

@@ -152,6 +152,15 @@ impl MembershipHandle {
         self.query(move |c| c.nodes_of(&service)).await
     }
 
+    /// The subscriptions to `topic` of every active node: (node, queue group).
+    pub async fn subscribers_of(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<(mesh_protocol::MemberId, Option<String>)>, Stopped> {
+        let topic = topic.to_owned();
+        self.query(move |c| c.subscribers_of(&topic)).await
+    }
+
     /// The records lookups see, sorted by address.
     pub async fn visible_records(&self) -> Result<Vec<NodeRecord>, Stopped> {
         self.query(|c| c.visible_records()).await

@@ -884,13 +884,13 @@ impl Node {
             ));
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let records = self
+        let subscribers = self
             .inner
             .membership
-            .visible_records()
+            .subscribers_of(topic)
             .await
             .map_err(stopped)?;
-        let plan = Plan::from_records(topic, &records);
+        let plan = Plan::new(subscribers);
         let mut tried: HashMap<String, HashSet<SocketAddr>> = HashMap::new();
         // First round: plain subscribers, and one random member of each group.
         let mut round: BTreeMap<SocketAddr, (bool, Vec<String>)> = BTreeMap::new();

@@ -597,16 +597,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn from_records(topic: &str, records: &[mesh_protocol::NodeRecord]) -> Self {
+    pub(crate) fn new(subscribers: Vec<(mesh_protocol::MemberId, Option<String>)>) -> Self {
         let mut plan = Plan::default();
-        for r in records {
-            for s in r.subscriptions.iter().filter(|s| s.topic == topic) {
-                match &s.queue {
-                    None => {
-                        plan.plain.insert(r.id.addr);
-                    }
-                    Some(g) => plan.groups.entry(g.clone()).or_default().push(r.id.addr),
+        for (node, queue) in subscribers {
+            match queue {
+                None => {
+                    plan.plain.insert(node.addr);
                 }
+                Some(g) => plan.groups.entry(g).or_default().push(node.addr),
             }
         }
         plan

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let server = node("server")
         .service(Service::new("Echo").idempotent_endpoint(
             "Echo",
-            typed(|_req, body: serde_bytes_like::Body| async move { Ok(body) }),
+            typed(|_req, body: mesh_examples::Blob| async move { Ok(body) }),
         ))
         .spawn()
         .await?;
@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "server not visible");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let payload = serde_bytes_like::Body(vec![7u8; size]);
+    let payload = mesh_examples::Blob(vec![7u8; size]);
     println!(
         "payload {size} B, {seconds} s per run, current-thread runtime, both nodes in one process"
     );
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut lat = Vec::new();
                 while Instant::now() < stop {
                     let t = Instant::now();
-                    let _: serde_bytes_like::Body = client
+                    let _: mesh_examples::Blob = client
                         .call("Echo", "Echo", &payload, &opts)
                         .await
                         .expect("call");
@@ -84,37 +84,4 @@ async fn main() -> anyhow::Result<()> {
     client.shutdown().await;
     server.shutdown().await;
     Ok(())
-}
-
-/// A byte payload encoded as a MessagePack `bin` (not an array of integers).
-mod serde_bytes_like {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Clone)]
-    pub(crate) struct Body(pub(crate) Vec<u8>);
-
-    impl Serialize for Body {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Body {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl serde::de::Visitor<'_> for V {
-                type Value = Body;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E>(self, v: &[u8]) -> Result<Body, E> {
-                    Ok(Body(v.to_vec()))
-                }
-                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Body, E> {
-                    Ok(Body(v))
-                }
-            }
-            d.deserialize_bytes(V)
-        }
-    }
 }
