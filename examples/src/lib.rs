@@ -84,15 +84,22 @@ pub struct Args {
 }
 
 impl Args {
-    /// Parses `std::env::args()`. `extra` names the example's own flags.
+    /// Parses `std::env::args()`. `extra` names the example's own flags that take a value.
     pub fn parse(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::parse_from(std::env::args().skip(1), extra)
+        Self::parse_from(std::env::args().skip(1), extra, &[])
+    }
+
+    /// Like [`parse`](Self::parse), with `switches`: flags without a value (their value is
+    /// `"true"`).
+    pub fn parse_with_switches(extra: &[&str], switches: &[&str]) -> anyhow::Result<Self> {
+        Self::parse_from(std::env::args().skip(1), extra, switches)
     }
 
     /// Parses `args` (without the program name).
     pub fn parse_from(
         args: impl IntoIterator<Item = String>,
         extra: &[&str],
+        switches: &[&str],
     ) -> anyhow::Result<Self> {
         let mut out = Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -115,13 +122,17 @@ impl Args {
                     }
                 }
                 "--name" => out.name = Some(value(&mut it)?),
+                f if switches.contains(&f.trim_start_matches("--")) => {
+                    out.extra
+                        .push((f.trim_start_matches("--").to_owned(), "true".to_owned()));
+                }
                 f if extra.contains(&f.trim_start_matches("--")) => {
                     let v = value(&mut it)?;
                     out.extra.push((f.trim_start_matches("--").to_owned(), v));
                 }
                 other => bail!(
                     "unknown flag {other:?}; flags: --bind ADDR --advertise ADDR --join SEED[,SEED] --name NAME{}",
-                    extra.iter().map(|e| format!(" --{e} VALUE")).collect::<String>()
+                    extra.iter().map(|e| format!(" --{e} VALUE")).chain(switches.iter().map(|e| format!(" --{e}"))).collect::<String>()
                 ),
             }
         }
@@ -198,14 +209,17 @@ mod tests {
         let a = Args::parse_from(
             args("--bind 127.0.0.1:7001 --join 127.0.0.1:7000,127.0.0.1:7002 --count 5"),
             &["count"],
+            &[],
         )
         .unwrap();
         assert_eq!(a.bind, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(a.join.len(), 2);
         assert_eq!(a.get("count"), Some("5"));
-        assert!(Args::parse_from(args("--bogus 1"), &[]).is_err());
-        assert!(Args::parse_from(args("--bind"), &[]).is_err());
-        let e = Args::parse_from(args("--join nowhere"), &[]).unwrap_err();
+        assert!(Args::parse_from(args("--bogus 1"), &[], &[]).is_err());
+        assert!(Args::parse_from(args("--bind"), &[], &[]).is_err());
+        let e = Args::parse_from(args("--join nowhere"), &[], &[]).unwrap_err();
+        let a = Args::parse_from(args("--ack --publish t"), &["publish"], &["ack"]).unwrap();
+        assert_eq!((a.get("ack"), a.get("publish")), (Some("true"), Some("t")));
         assert!(e.to_string().contains("--join"), "{e}");
     }
 }
