@@ -176,6 +176,8 @@ pub(crate) struct Balancer {
     rng: Mutex<SmallRng>,
     pub(crate) ejection: Duration,
     next_id: AtomicU64,
+    /// Attempts after the first, over all calls.
+    pub(crate) retries: AtomicU64,
 }
 
 impl Balancer {
@@ -187,6 +189,7 @@ impl Balancer {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             ejection,
             next_id: AtomicU64::new(1),
+            retries: AtomicU64::new(0),
         }
     }
 

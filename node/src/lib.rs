@@ -71,7 +71,9 @@ pub mod streaming;
 pub mod transport;
 
 pub use crate::client::{CallOptions, ClientCall, ClientNext, ClientWrapper, Strategy};
-pub use crate::node::{Health, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE};
+pub use crate::node::{
+    Health, MemberView, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE,
+};
 pub use crate::pubsub::{
     Delivery, Message, PublishOptions, PublishReport, SubscriberNext, SubscriberWrapper,
     Subscription,

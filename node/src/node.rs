@@ -300,7 +300,15 @@ impl NodeBuilder {
             self.name
         };
         let started = Instant::now();
-        add_builtins(&mut router, &name, &infos, stats.clone(), started);
+        let view: Arc<std::sync::OnceLock<MembershipHandle>> = Arc::default();
+        add_builtins(
+            &mut router,
+            &name,
+            &infos,
+            stats.clone(),
+            started,
+            view.clone(),
+        );
         let router = Arc::new(router);
 
         let (transport, incoming) = QuicTransport::start(
@@ -323,6 +331,7 @@ impl NodeBuilder {
         });
         let membership =
             MembershipHandle::spawn(core, Arc::new(transport.clone()), incoming, &self.seeds);
+        let _ = view.set(membership.clone());
         tokio::spawn(close_connections_to_down_members(
             membership.watch(),
             transport.clone(),
@@ -387,13 +396,60 @@ pub struct Health {
     pub status: String,
 }
 
+/// A member as `mesh.Members` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node name.
+    pub name: String,
+    /// Advertised address.
+    pub addr: String,
+    /// Generation of this run.
+    pub generation: u64,
+    /// `alive`, `suspect`, `down` or `left`.
+    pub state: String,
+}
+
 fn add_builtins(
     router: &mut Router,
     name: &str,
     services: &[ServiceInfo],
     stats: Arc<Stats>,
     started: Instant,
+    view: Arc<std::sync::OnceLock<MembershipHandle>>,
 ) {
+    let unavailable = || RpcError::unavailable(FRAMEWORK_ERROR_ID, "membership not started");
+    let v = view.clone();
+    router.insert(
+        BUILTIN_SERVICE,
+        "Members",
+        Arc::new(typed(move |_req, _: ()| {
+            let v = v.clone();
+            async move {
+                let m = v.get().ok_or_else(unavailable)?;
+                let members = m.members().await.map_err(stopped)?;
+                Ok(members
+                    .into_iter()
+                    .map(|m| MemberView {
+                        name: m.name,
+                        addr: m.id.addr.to_string(),
+                        generation: m.id.generation,
+                        state: format!("{:?}", m.state).to_lowercase(),
+                    })
+                    .collect::<Vec<_>>())
+            }
+        })),
+    );
+    router.insert(
+        BUILTIN_SERVICE,
+        "Registry",
+        Arc::new(typed(move |_req, _: ()| {
+            let v = view.clone();
+            async move {
+                let m = v.get().ok_or_else(unavailable)?;
+                m.visible_records().await.map_err(stopped)
+            }
+        })),
+    );
     router.insert(
         BUILTIN_SERVICE,
         "Health",
@@ -481,6 +537,11 @@ impl Node {
     /// The membership handle: members, services, watch.
     pub fn membership(&self) -> &MembershipHandle {
         &self.inner.membership
+    }
+
+    /// Attempts this node's client made after the first of a call (retries), since start.
+    pub fn retries(&self) -> u64 {
+        self.inner.balancer.retries.load(Ordering::Relaxed)
     }
 
     /// Per-endpoint statistics of the calls this node served.
@@ -594,6 +655,9 @@ impl Node {
                 .and_then(|n| n.service.endpoints.iter().find(|e| e.name == endpoint))
                 .is_some_and(|e| e.idempotent);
             tried.insert(node);
+            if attempt_no > 0 {
+                b.retries.fetch_add(1, Ordering::Relaxed);
+            }
             match self
                 .attempt(node, service, endpoint, &body, opts, deadline)
                 .await

@@ -31,8 +31,21 @@ pub struct EndpointStats {
     pub p50_us: u64,
     /// 99th percentile latency (upper bound of its bucket), microseconds.
     pub p99_us: u64,
-    /// Call counts per latency bucket; bucket `i` holds calls under `2^(i+4)` µs.
+    /// Call counts per latency bucket; bucket `i` holds calls under `2^(i+4)` µs (the last,
+    /// everything above).
     pub histogram: Vec<u64>,
+    /// Sum of all latencies, microseconds.
+    #[serde(default)]
+    pub sum_us: u64,
+}
+
+/// Upper bound of latency bucket `i`, in microseconds (`u64::MAX` for the last bucket).
+pub fn bucket_bound_us(i: usize) -> u64 {
+    if i + 1 >= BUCKETS {
+        u64::MAX
+    } else {
+        bucket_upper_us(i)
+    }
 }
 
 /// Statistics of every endpoint of a node.
@@ -56,6 +69,9 @@ impl Stats {
             });
         s.requests += 1;
         s.errors += u64::from(error);
+        s.sum_us = s
+            .sum_us
+            .saturating_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         s.histogram[bucket(latency)] += 1;
     }
 

@@ -145,3 +145,22 @@ async fn cluster_ca_admits_its_nodes_and_refuses_another_ca() {
     let (dialed, accepted) = connect(&mixed, &a).await;
     assert_refused("mixed dialing", &dialed, &accepted);
 }
+
+#[tokio::test]
+async fn a_ca_rebuilt_from_its_key_file_issues_certificates_that_chain() {
+    let ca = CertificateAuthority::generate("mesh cluster CA").unwrap();
+    let (_, key_pem) = ca.to_pem();
+    let rebuilt = CertificateAuthority::from_key_pem("mesh cluster CA", &key_pem).unwrap();
+    let node = |issuer: &CertificateAuthority| {
+        let (s, addr) = socket();
+        let cert = issuer.issue("n", &[addr]).unwrap();
+        let tls = Credentials::ca(ca.cert_der().clone(), cert.cert, cert.key)
+            .tls("mesh", addr)
+            .unwrap();
+        quic_endpoint(s, &tls, &EndpointConfig::default()).unwrap()
+    };
+    let (a, b) = (node(&ca), node(&rebuilt));
+    let (dialed, accepted) = connect(&a, &b).await;
+    assert_eq!(peer_addr(&dialed.unwrap()), Some(b.local_addr().unwrap()));
+    assert_eq!(peer_addr(&accepted.unwrap()), Some(a.local_addr().unwrap()));
+}
