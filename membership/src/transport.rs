@@ -64,6 +64,10 @@ pub enum TransportError {
     /// The peer did not answer in time.
     #[error("timed out")]
     Timeout,
+    /// The secure handshake failed: most often, the two sides do not hold the same cluster
+    /// credentials.
+    #[error("handshake refused ({0}): do both sides hold the same cluster credentials?")]
+    Handshake(String),
     /// The peer is overloaded and refused the request.
     #[error("peer busy")]
     Busy,

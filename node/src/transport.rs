@@ -154,7 +154,16 @@ async fn connection(
         .map_err(|_| TransportError::Timeout)?
         .map_err(|e| {
             debug!(%to, error = %e, "connect failed");
-            TransportError::Unreachable
+            match e {
+                quinn::ConnectionError::TimedOut => TransportError::Unreachable,
+                quinn::ConnectionError::TransportError(t) => {
+                    TransportError::Handshake(t.to_string())
+                }
+                quinn::ConnectionError::ConnectionClosed(c) => {
+                    TransportError::Handshake(c.to_string())
+                }
+                other => TransportError::Io(other.to_string()),
+            }
         })?;
     let Some(peer) = peer_addr(&conn) else {
         conn.close(
