@@ -316,9 +316,10 @@ impl Membership {
         self.publish(now, next);
     }
 
-    /// Leaves gracefully: publishes a farewell record (no services, `leaving`), then tells SWIM.
-    /// Peers drop this node's services as soon as either reaches them. Transmits queued by this call
-    /// should be sent before the process exits.
+    /// Leaves gracefully: publishes a farewell record (no services, `leaving`), pushes it to a
+    /// few members over reliable syncs, then tells SWIM. Peers drop this node's services as soon as
+    /// any of these reaches them. The transmits and syncs queued by this call should complete
+    /// before the process exits (the tokio driver waits for the syncs, up to a second).
     pub fn leave(&mut self, now: Instant) {
         if self.leaving {
             return;
@@ -330,7 +331,25 @@ impl Membership {
         farewell.subscriptions.clear();
         farewell.leaving = true;
         farewell.version += 1;
-        self.publish(now, farewell);
+        self.publish(now, farewell.clone());
+        // Datagrams may not leave before the process does: also push the farewell over reliable
+        // syncs to a few members, which gossip it on. Drivers should let these finish.
+        let mut peers: Vec<MemberId> = self.foca.iter_members().map(|m| m.id().0).collect();
+        let fanout = self.config.swim.num_indirect_probes.get();
+        while peers.len() > fanout {
+            let i = self.rng.random_range(0..peers.len());
+            peers.swap_remove(i);
+        }
+        for peer in peers {
+            self.sync_tasks.push_back(SyncTask {
+                peer: peer.addr,
+                request: SyncRequest {
+                    digests: Vec::new(),
+                    full: false,
+                    records: vec![farewell.clone()],
+                },
+            });
+        }
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             warn!(error = %e, "leave_cluster");
         }
@@ -464,7 +483,7 @@ impl Membership {
     /// and names those it holds newer.
     pub fn handle_sync_request(&mut self, now: Instant, request: SyncRequest) -> SyncResponse {
         for r in request.records {
-            self.apply_record(r);
+            self.apply_record(r, true);
         }
         let theirs: BTreeMap<SocketAddr, Digest> =
             request.digests.iter().map(|d| (d.id.addr, *d)).collect();
@@ -515,7 +534,7 @@ impl Membership {
             }
             Ok(resp) => {
                 for r in resp.records {
-                    self.apply_record(r);
+                    self.apply_record(r, true);
                 }
                 let push: Vec<NodeRecord> = resp
                     .want
@@ -679,12 +698,27 @@ impl Membership {
         let id = record.id;
         self.own = record.clone();
         lock(&self.shared).hear(id, record.version);
+        self.gossip_record(&record);
+        if let Err(e) = self.foca.broadcast(&mut self.rt) {
+            debug!(error = %e, "broadcast");
+        }
+        let mut sink = VecDeque::new();
+        self.registry.change(id.addr, &mut sink, |e| {
+            e.record = Some(record);
+        });
+        self.events.extend(sink);
+        self.drain(now);
+    }
+
+    /// Queues news of `record` for gossip: the record itself if small, else a digest that makes
+    /// receivers pull it.
+    fn gossip_record(&mut self, record: &NodeRecord) {
         let item = match record.encode() {
             Ok(bytes) if bytes.len() <= self.config.inline_record_max => {
                 Item::Record(record.clone())
             }
             _ => Item::Digest {
-                id,
+                id: record.id,
                 version: record.version,
             },
         };
@@ -693,18 +727,9 @@ impl Membership {
                 if let Err(e) = self.foca.add_broadcast(&bytes) {
                     warn!(error = %e, "could not queue record broadcast");
                 }
-                if let Err(e) = self.foca.broadcast(&mut self.rt) {
-                    debug!(error = %e, "broadcast");
-                }
             }
             Err(e) => warn!(error = %e, "could not encode record item"),
         }
-        let mut sink = VecDeque::new();
-        self.registry.change(id.addr, &mut sink, |e| {
-            e.record = Some(record);
-        });
-        self.events.extend(sink);
-        self.drain(now);
     }
 
     /// Moves everything foca produced into our queues and reacts to notifications and items,
@@ -756,7 +781,10 @@ impl Membership {
             }
             OwnedNotification::MemberDown(SwimId(id)) => {
                 let left = self.registry.change(id.addr, &mut sink, |e| {
-                    if e.live.is_some_and(|(cur, _)| cur != id) {
+                    // Another identity, or already known to have left: nothing new.
+                    if e.live
+                        .is_some_and(|(cur, s)| cur != id || s == MemberState::Left)
+                    {
                         return None;
                     }
                     let left = e.record.as_ref().is_some_and(|r| r.id == id && r.leaving);
@@ -839,7 +867,7 @@ impl Membership {
 
     fn handle_item(&mut self, sender: Option<MemberId>, item: Item) {
         match item {
-            Item::Record(r) => self.apply_record(r),
+            Item::Record(r) => self.apply_record(r, false),
             Item::Digest { id, version } => {
                 let held = self
                     .registry
@@ -855,8 +883,9 @@ impl Membership {
         }
     }
 
-    /// Stores `r` if it is newer than the copy held and not a stale generation.
-    fn apply_record(&mut self, r: NodeRecord) {
+    /// Stores `r` if it is newer than the copy held and not a stale generation. News learned
+    /// outside gossip (`spread`: from a sync) is gossiped on, as news received by gossip is.
+    fn apply_record(&mut self, r: NodeRecord, spread: bool) {
         let addr = r.id.addr;
         if addr == self.own.id.addr {
             if r.id.generation > self.own.id.generation {
@@ -892,20 +921,35 @@ impl Membership {
             self.wanted.remove(&addr);
         }
         self.stats.records_applied += 1;
+        if spread {
+            self.gossip_record(&r);
+        }
         let mut sink = VecDeque::new();
         let id = r.id;
-        let left = self.registry.change(addr, &mut sink, |e| {
-            // A farewell that arrives after SWIM's Down: it was a leave, not a crash.
-            let left = r.leaving && e.live == Some((id, MemberState::Down));
+        let (left, was_active) = self.registry.change(addr, &mut sink, |e| {
+            // The owner's farewell settles it: the member left (whether or not SWIM has noticed
+            // yet), and it was a leave, not a crash.
+            let current = e.live.filter(|(cur, _)| *cur == id).map(|(_, s)| s);
+            let left = r.leaving && matches!(current, Some(s) if s != MemberState::Left);
             if left {
                 e.live = Some((id, MemberState::Left));
             }
             e.record = Some(r);
-            left
+            (left, current.is_some_and(MemberState::is_active))
         });
         if left {
             info!(member = %id, "member left");
             sink.push_back(Event::MemberLeft { id });
+            if was_active {
+                // Tell SWIM too, so it stops probing the member and spreads the news.
+                let down = foca::Member::down(SwimId(id));
+                if let Err(e) = self
+                    .foca
+                    .apply_many(std::iter::once(down), true, &mut self.rt)
+                {
+                    debug!(error = %e, "apply farewell to SWIM");
+                }
+            }
         }
         self.events.extend(sink);
     }

@@ -83,6 +83,7 @@ impl MembershipHandle {
             events: events.clone(),
             sync_done: mpsc::channel(256),
             seeds: seeds.to_vec(),
+            syncs_in_flight: 0,
         };
         let task = tokio::spawn(driver.run().instrument(span));
         Self {
@@ -230,7 +231,12 @@ struct Driver {
     events: broadcast::Sender<Event>,
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     seeds: Vec<SocketAddr>,
+    /// Syncs spawned and not yet reported back.
+    syncs_in_flight: usize,
 }
+
+/// Longest wait, when stopping, for syncs still in flight (such as a leave's farewell pushes).
+const STOP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
@@ -248,6 +254,7 @@ impl Driver {
                     Some(Command::Run(f)) => f(&mut self.core, now()),
                     Some(Command::Shutdown(done)) => {
                         self.flush();
+                        self.linger().await;
                         let _ = done.send(());
                         return;
                     }
@@ -262,8 +269,23 @@ impl Driver {
                     }
                 },
                 Some((peer, result)) = self.sync_done.1.recv() => {
+                    self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
                     self.core.handle_sync_response(now(), peer, result);
                 }
+            }
+        }
+    }
+
+    /// Lets syncs in flight finish (bounded by [`STOP_LINGER`]) before the driver stops.
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + STOP_LINGER;
+        while self.syncs_in_flight > 0 {
+            match tokio::time::timeout_at(deadline, self.sync_done.1.recv()).await {
+                Ok(Some((peer, result))) => {
+                    self.syncs_in_flight -= 1;
+                    self.core.handle_sync_response(now(), peer, result);
+                }
+                _ => return,
             }
         }
     }
@@ -274,6 +296,7 @@ impl Driver {
             self.transport.send_datagram(t.dst, t.data);
         }
         while let Some(task) = self.core.poll_sync() {
+            self.syncs_in_flight += 1;
             let fut = self.transport.sync(task.peer, task.request);
             let done = self.sync_done.0.clone();
             let limit = self.core.config().sync_timeout;

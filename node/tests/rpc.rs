@@ -801,3 +801,38 @@ async fn filters_and_strategies_choose_the_right_nodes() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_shuts_down_is_seen_leaving_faster_than_failure_detection() {
+    let (greeters, client) = cluster("leaving").await;
+    let leaver = greeters[2].clone();
+    let addr = leaver.addr();
+    let started = std::time::Instant::now();
+    // shutdown() closes the endpoint right after leaving: the farewell must not be lost with it.
+    leaver.shutdown().await;
+    // Seen as Left (which only the node's own farewell can cause; a crash is Down), within the
+    // failure-detection bound. The tighter timing (under one suspicion timeout) is asserted
+    // deterministically by membership/tests/cluster.rs; here ten tests share two cores.
+    let limit = MembershipConfig::local().detection_bound(4);
+    eventually(limit, "leave seen as Left everywhere", || async {
+        for n in greeters[..2].iter().chain([&client]) {
+            let m = n.membership().members().await.unwrap();
+            let left = m
+                .iter()
+                .any(|m| m.id.addr == addr && m.state == mesh_membership::MemberState::Left);
+            let serving = n
+                .membership()
+                .nodes_of("Greeter")
+                .await
+                .unwrap()
+                .iter()
+                .any(|s| s.node.addr == addr);
+            if !left || serving {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    println!("shutdown to Left everywhere: {:?}", started.elapsed());
+}

@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // Commands that print results keep the log quiet unless asked.
-        let default = if matches!(cli.command, Command::Run(_) | Command::Demo) {
+        let default = if matches!(cli.command, Command::Run(_)) {
             "info"
         } else {
             "warn"
