@@ -382,6 +382,42 @@ fn three_nodes_a_greeter_and_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node serves"));
 
+    // subscribe prints each message as one JSON line; publish --ack reports who took it; watch
+    // streams registry changes.
+    let watcher = spawn(Path::new(BIN), &["watch", "--join", &seed], &home, &[]);
+    let subscriber = spawn(
+        Path::new(BIN),
+        &["subscribe", "orders", "--join", &seed],
+        &home,
+        &[],
+    );
+    // The watcher sees the subscriber join (as a member with a subscription in its record).
+    watcher.line_containing("MemberUp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let out = run(
+            &["publish", "orders", r#"{"id":7}"#, "--join", &seed, "--ack"],
+            &home,
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && report["delivered"].as_array().is_some_and(|d| d.len() == 1) {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publish never reached the subscriber: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(published["failed"].as_array().unwrap().is_empty());
+    let line = subscriber.line_containing("\"topic\"");
+    let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (msg["topic"].as_str(), &msg["body"]),
+        (Some("orders"), &serde_json::json!({"id": 7}))
+    );
+    drop((watcher, subscriber));
+
     // A killed process shows as down within the bound the preset implies (plus the time one
     // `members` process takes to start and ask).
     let bound = MembershipConfig::local().detection_bound(4) + Duration::from_secs(2);
