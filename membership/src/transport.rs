@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use mesh_protocol::{SyncRequest, SyncResponse};
+use mesh_protocol::{FrameHeader, FrameKind, SyncRequest, SyncResponse, FRAME_HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
 
 pub mod mem;
@@ -77,4 +78,29 @@ pub enum TransportError {
     /// The peer sent something that is not a valid answer.
     #[error("protocol: {0}")]
     Protocol(String),
+}
+
+/// Reads one frame of `kind` with a payload of at most `max` bytes from `r`. The length is
+/// checked before anything is allocated for the payload.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    kind: FrameKind,
+    max: u32,
+) -> Result<Bytes, TransportError> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    r.read_exact(&mut h)
+        .await
+        .map_err(|e| TransportError::Io(e.to_string()))?;
+    let header = FrameHeader::parse(h, max).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    if header.kind != kind {
+        return Err(TransportError::Protocol(format!(
+            "expected a {kind:?} frame, got {:?}",
+            header.kind
+        )));
+    }
+    let mut payload = vec![0u8; header.len as usize];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| TransportError::Io(e.to_string()))?;
+    Ok(payload.into())
 }

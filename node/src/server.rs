@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mesh_protocol::{
-    encode_frame, CallHeader, ContentType, EndpointInfo, FrameHeader, FrameKind, ReplyHeader,
-    RpcError, ServiceInfo, StreamKind, DEFAULT_MAX_HEADER_LEN, FRAME_HEADER_LEN,
+    encode_frame, CallHeader, ContentType, EndpointInfo, FrameKind, ReplyHeader, RpcError,
+    ServiceInfo, StreamKind, DEFAULT_MAX_HEADER_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Notify;
@@ -51,6 +51,27 @@ pub struct Request {
 }
 
 impl Request {
+    /// The request a handler sees for a call with `header` from `caller`.
+    pub(crate) fn from_header(
+        header: CallHeader,
+        content_type: ContentType,
+        caller: SocketAddr,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            deadline: header
+                .deadline_us
+                .map(|us| Instant::now() + Duration::from_micros(us)),
+            service: header.service,
+            endpoint: header.endpoint,
+            metadata: header.metadata,
+            content_type,
+            routing_key: header.routing_key,
+            caller,
+            body,
+        }
+    }
+
     /// Decodes the body as `T`; a body that does not decode is a 400.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
         self.content_type
@@ -387,17 +408,9 @@ pub(crate) async fn read_frame(
     kind: FrameKind,
     max: u32,
 ) -> Result<Bytes, String> {
-    let mut h = [0u8; FRAME_HEADER_LEN];
-    recv.read_exact(&mut h).await.map_err(|e| e.to_string())?;
-    let header = FrameHeader::parse(h, max).map_err(|e| e.to_string())?;
-    if header.kind != kind {
-        return Err(format!("expected a {kind:?} frame, got {:?}", header.kind));
-    }
-    let mut payload = vec![0u8; header.len as usize];
-    recv.read_exact(&mut payload)
+    mesh_membership::transport::read_frame(recv, kind, max)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(payload.into())
+        .map_err(|e| e.to_string())
 }
 
 /// Writes `frames` (kind, payload) and finishes the stream.
@@ -612,19 +625,8 @@ async fn dispatch<'a>(
         ));
     }
     guards.in_flight = Some(InFlight(router));
-    let deadline = header
-        .deadline_us
-        .map(|us| Instant::now() + Duration::from_micros(us));
-    let req = Request {
-        service: header.service,
-        endpoint: header.endpoint,
-        metadata: header.metadata,
-        deadline,
-        content_type,
-        routing_key: header.routing_key,
-        caller: from,
-        body,
-    };
+    let req = Request::from_header(header, content_type, from, body);
+    let deadline = req.deadline;
     let service = req.service.clone();
     // The handler runs in its own task so that a panic is caught and reported, not fatal.
     let task = tokio::spawn(handler.call(req));

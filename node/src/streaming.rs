@@ -234,19 +234,8 @@ pub(crate) async fn serve(
             return refuse(e, id, send, max_frame).await;
         }
     };
-    let deadline = header
-        .deadline_us
-        .map(|us| Instant::now() + Duration::from_micros(us));
-    let req = Request {
-        service: header.service,
-        endpoint: header.endpoint,
-        metadata: header.metadata,
-        deadline,
-        content_type,
-        routing_key: header.routing_key,
-        caller: from,
-        body: Bytes::new(),
-    };
+    let req = Request::from_header(header, content_type, from, Bytes::new());
+    let deadline = req.deadline;
     let service = req.service.clone();
     let inbound = Inbound {
         recv,

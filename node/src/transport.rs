@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mesh_membership::transport::{Incoming, SyncFuture, Transport, TransportError};
+use mesh_membership::transport::{read_frame, Incoming, SyncFuture, Transport, TransportError};
 use mesh_protocol::{
-    encode_frame, from_msgpack, to_msgpack, FrameHeader, FrameKind, Preamble, StreamKind,
-    SyncRequest, FRAME_HEADER_LEN, PREAMBLE_LEN,
+    encode_frame, from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest,
+    PREAMBLE_LEN,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info, warn};
@@ -297,22 +297,6 @@ pub fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: 
     let _ = recv.stop(code.into());
 }
 
-async fn read_header_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, TransportError> {
-    let mut h = [0u8; FRAME_HEADER_LEN];
-    recv.read_exact(&mut h).await.map_err(io)?;
-    let header = FrameHeader::parse(h, MAX_SYNC_FRAME).map_err(proto)?;
-    if header.kind != FrameKind::Header {
-        return Err(TransportError::Protocol(format!(
-            "expected a Header frame, got {:?}",
-            header.kind
-        )));
-    }
-    // At most MAX_SYNC_FRAME, checked above.
-    let mut payload = vec![0u8; header.len as usize];
-    recv.read_exact(&mut payload).await.map_err(io)?;
-    Ok(payload)
-}
-
 async fn write_header_frame(
     send: &mut quinn::SendStream,
     payload: &[u8],
@@ -328,9 +312,12 @@ async fn serve_sync(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), TransportError> {
-    let bytes = tokio::time::timeout(READ_TIMEOUT, read_header_frame(&mut recv))
-        .await
-        .map_err(|_| TransportError::Timeout)??;
+    let bytes = tokio::time::timeout(
+        READ_TIMEOUT,
+        read_frame(&mut recv, FrameKind::Header, MAX_SYNC_FRAME),
+    )
+    .await
+    .map_err(|_| TransportError::Timeout)??;
     let request: SyncRequest = from_msgpack(&bytes).map_err(proto)?;
     let (reply, answer) = oneshot::channel();
     inner
@@ -412,7 +399,8 @@ impl Transport for QuicTransport {
                 .map_err(io)?;
             write_header_frame(&mut send, &to_msgpack(&request).map_err(proto)?).await?;
             send.finish().map_err(io)?;
-            from_msgpack(&read_header_frame(&mut recv).await?).map_err(proto)
+            from_msgpack(&read_frame(&mut recv, FrameKind::Header, MAX_SYNC_FRAME).await?)
+                .map_err(proto)
         })
     }
 }

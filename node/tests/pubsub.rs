@@ -1,6 +1,9 @@
 //! Pub/sub across an in-process cluster on loopback QUIC. Real clock; every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::eventually;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,21 +26,6 @@ async fn start_with_queue(name: &str, seeds: &[SocketAddr], queue: usize) -> Nod
         .spawn()
         .await
         .unwrap()
-}
-
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until `publisher` sees `n` subscriptions of `topic` in the registry.

@@ -2,6 +2,9 @@
 //! on streams, members admitted by the cluster key only. Real clock; every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::eventually;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,21 +27,6 @@ fn node(name: &str, key: &str, seeds: &[SocketAddr]) -> MembershipHandle {
     let mut core = Membership::new(config, id, name, u64::from(addr.port()));
     core.set_require_source_match(true);
     MembershipHandle::spawn(core, Arc::new(transport), incoming, seeds)
-}
-
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

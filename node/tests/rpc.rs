@@ -2,6 +2,9 @@
 //! failures under load, admission. Real clock; every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::eventually;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,21 +97,6 @@ async fn start(name: &str, key: &str, seeds: &[SocketAddr], services: Vec<Servic
         b = b.service(s);
     }
     b.spawn().await.unwrap()
-}
-
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn wait_for_nodes(client: &Node, service: &str, n: usize) {

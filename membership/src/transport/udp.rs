@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mesh_protocol::{
-    encode_frame, from_msgpack, to_msgpack, FrameHeader, FrameKind, Preamble, StreamKind,
-    SyncRequest, FRAME_HEADER_LEN, PREAMBLE_LEN,
+    encode_frame, from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest,
+    PREAMBLE_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -143,7 +143,8 @@ async fn serve(
         }
     }
     let request: SyncRequest =
-        from_msgpack(&read_header_frame(&mut stream).await?).map_err(proto)?;
+        from_msgpack(&super::read_frame(&mut stream, FrameKind::Header, MAX_SYNC_FRAME).await?)
+            .map_err(proto)?;
     let (reply, answer) = oneshot::channel();
     tx.try_send(Incoming::Sync {
         from,
@@ -154,22 +155,6 @@ async fn serve(
     let response = answer.await.map_err(|_| TransportError::Unreachable)?;
     write_header_frame(&mut stream, &to_msgpack(&response).map_err(proto)?).await?;
     stream.shutdown().await.map_err(io)
-}
-
-async fn read_header_frame(stream: &mut TcpStream) -> Result<Vec<u8>, TransportError> {
-    let mut h = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut h).await.map_err(io)?;
-    let header = FrameHeader::parse(h, MAX_SYNC_FRAME).map_err(proto)?;
-    if header.kind != FrameKind::Header {
-        return Err(TransportError::Protocol(format!(
-            "expected a Header frame, got {:?}",
-            header.kind
-        )));
-    }
-    // `len` is at most MAX_SYNC_FRAME: checked before this allocation.
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).await.map_err(io)?;
-    Ok(payload)
 }
 
 async fn write_header_frame(stream: &mut TcpStream, payload: &[u8]) -> Result<(), TransportError> {
@@ -212,7 +197,8 @@ impl Transport for UdpTransport {
                 .await
                 .map_err(io)?;
             write_header_frame(&mut stream, &to_msgpack(&request).map_err(proto)?).await?;
-            from_msgpack(&read_header_frame(&mut stream).await?).map_err(proto)
+            from_msgpack(&super::read_frame(&mut stream, FrameKind::Header, MAX_SYNC_FRAME).await?)
+                .map_err(proto)
         })
     }
 }
