@@ -165,7 +165,7 @@ pub struct Membership {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     sync_tasks: VecDeque<SyncTask>,
-    syncs_in_flight: HashSet<SocketAddr>,
+    syncs_in_flight: std::collections::BTreeSet<SocketAddr>,
     /// Records to pull: owner address -> (owner id, version wanted).
     wanted: BTreeMap<SocketAddr, (MemberId, u64)>,
     seeds: Vec<SocketAddr>,
@@ -231,7 +231,7 @@ impl Membership {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sync_tasks: VecDeque::new(),
-            syncs_in_flight: HashSet::new(),
+            syncs_in_flight: std::collections::BTreeSet::new(),
             wanted: BTreeMap::new(),
             seeds: Vec::new(),
             join_armed: false,

@@ -4,7 +4,7 @@
 //! suspect) *and* the record held is that identity's (same generation) *and* the record is not a
 //! farewell (`leaving`). Every change is diffed into [`Event`]s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mesh_protocol::{MemberId, NodeRecord, ServiceInfo};
@@ -121,7 +121,8 @@ impl Entry {
 /// Liveness and records of every address known.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    pub(crate) entries: HashMap<SocketAddr, Entry>,
+    /// Ordered, so that everything derived from it (sync answers, digests) is deterministic.
+    pub(crate) entries: BTreeMap<SocketAddr, Entry>,
 }
 
 impl Registry {
