@@ -168,6 +168,8 @@ pub struct Membership {
     syncs_in_flight: std::collections::BTreeSet<SocketAddr>,
     /// Records to pull: owner address -> (owner id, version wanted).
     wanted: BTreeMap<SocketAddr, (MemberId, u64)>,
+    /// Members known only second-hand, to pull from themselves before SWIM is told of them.
+    verify: std::collections::BTreeSet<MemberId>,
     seeds: Vec<SocketAddr>,
     join_backoff: Duration,
     join_armed: bool,
@@ -233,6 +235,7 @@ impl Membership {
             sync_tasks: VecDeque::new(),
             syncs_in_flight: std::collections::BTreeSet::new(),
             wanted: BTreeMap::new(),
+            verify: std::collections::BTreeSet::new(),
             seeds: Vec::new(),
             join_armed: false,
             joined: false,
@@ -483,7 +486,7 @@ impl Membership {
     /// and names those it holds newer.
     pub fn handle_sync_request(&mut self, now: Instant, request: SyncRequest) -> SyncResponse {
         for r in request.records {
-            self.apply_record(r, true);
+            self.apply_record(r, true, None);
         }
         let theirs: BTreeMap<SocketAddr, Digest> =
             request.digests.iter().map(|d| (d.id.addr, *d)).collect();
@@ -534,7 +537,7 @@ impl Membership {
             }
             Ok(resp) => {
                 for r in resp.records {
-                    self.apply_record(r, true);
+                    self.apply_record(r, true, Some(peer));
                 }
                 let push: Vec<NodeRecord> = resp
                     .want
@@ -867,7 +870,7 @@ impl Membership {
 
     fn handle_item(&mut self, sender: Option<MemberId>, item: Item) {
         match item {
-            Item::Record(r) => self.apply_record(r, false),
+            Item::Record(r) => self.apply_record(r, false, None),
             Item::Digest { id, version } => {
                 let held = self
                     .registry
@@ -885,7 +888,14 @@ impl Membership {
 
     /// Stores `r` if it is newer than the copy held and not a stale generation. News learned
     /// outside gossip (`spread`: from a sync) is gossiped on, as news received by gossip is.
-    fn apply_record(&mut self, r: NodeRecord, spread: bool) {
+    /// `from`: the peer that answered a sync with it, if any.
+    ///
+    /// SWIM must also know the member, or its record stays invisible: SWIM's own updates are
+    /// piggybacked a bounded number of times and can miss a node when many join at once. A record
+    /// of a member SWIM does not know is believed only from its owner: second-hand, it queues a
+    /// pull from the owner (`verify`), and the owner's answer proves it alive and tells SWIM. (A
+    /// second-hand record of a node that has since crashed must not bring it back to life.)
+    fn apply_record(&mut self, r: NodeRecord, spread: bool, from: Option<SocketAddr>) {
         let addr = r.id.addr;
         if addr == self.own.id.addr {
             if r.id.generation > self.own.id.generation {
@@ -905,6 +915,25 @@ impl Membership {
             {
                 return; // a dead generation
             }
+        }
+        let swim_knows = entry
+            .and_then(|e| e.live)
+            .is_some_and(|(id, _)| id.generation >= r.id.generation);
+        if !swim_knows {
+            if from == Some(addr) {
+                self.verify.remove(&r.id);
+                let alive = foca::Member::alive(SwimId(r.id));
+                if let Err(e) = self
+                    .foca
+                    .apply_many(std::iter::once(alive), true, &mut self.rt)
+                {
+                    debug!(error = %e, member = %r.id, "apply record's member to SWIM");
+                }
+            } else {
+                self.verify.insert(r.id);
+            }
+        }
+        if let Some(e) = self.registry.entries.get(&addr) {
             if e.record
                 .as_ref()
                 .is_some_and(|h| !r.is_newer_than(h.id.generation, h.version))
@@ -1020,6 +1049,27 @@ impl Membership {
             });
         }
         self.wanted.extend(skipped);
+        while self.syncs_in_flight.len() < self.config.max_concurrent_syncs {
+            let Some(id) = self.verify.pop_first() else {
+                break;
+            };
+            if self.syncs_in_flight.contains(&id.addr) {
+                continue; // a sync with it is under way: its answer verifies it as well
+            }
+            self.syncs_in_flight.insert(id.addr);
+            self.sync_tasks.push_back(SyncTask {
+                peer: id.addr,
+                request: SyncRequest {
+                    // Version 0 of generation 0: whatever the owner holds is newer.
+                    digests: vec![Digest {
+                        id: MemberId::new(id.addr, 0),
+                        version: 0,
+                    }],
+                    full: false,
+                    records: Vec::new(),
+                },
+            });
+        }
         // Full syncs and pushes queued directly also count as in flight.
         for t in &self.sync_tasks {
             self.syncs_in_flight.insert(t.peer);
