@@ -508,6 +508,16 @@ impl Membership {
                 None => {}
             }
         }
+        if request.full {
+            response.down = self
+                .registry
+                .entries
+                .values()
+                .filter_map(|e| e.live)
+                .filter(|(_, s)| !s.is_active())
+                .map(|(id, _)| id)
+                .collect();
+        }
         for d in request.digests {
             let held = self
                 .registry
@@ -536,8 +546,27 @@ impl Membership {
                 debug!(%peer, error = %e, "registry sync failed");
             }
             Ok(resp) => {
+                // Answers to our pulls are what the cluster already knows: applied, not gossiped
+                // again (re-gossiping whole anti-entropy answers flooded the broadcast queue).
                 for r in resp.records {
-                    self.apply_record(r, true, Some(peer));
+                    self.apply_record(r, false, Some(peer));
+                }
+                // Identities the peer knows are down and we still hold alive: SWIM's Down
+                // gossip missed us (it is piggybacked a bounded number of times).
+                let missed: Vec<foca::Member<SwimId>> = resp
+                    .down
+                    .iter()
+                    .filter(|id| {
+                        self.registry.entries.get(&id.addr).and_then(|e| e.live)
+                            == Some((**id, MemberState::Alive))
+                    })
+                    .map(|id| foca::Member::down(SwimId(*id)))
+                    .collect();
+                if !missed.is_empty() {
+                    debug!(%peer, count = missed.len(), "anti-entropy: members down we still held alive");
+                    if let Err(e) = self.foca.apply_many(missed.into_iter(), true, &mut self.rt) {
+                        debug!(error = %e, "apply anti-entropy downs");
+                    }
                 }
                 let push: Vec<NodeRecord> = resp
                     .want
@@ -886,8 +915,9 @@ impl Membership {
         }
     }
 
-    /// Stores `r` if it is newer than the copy held and not a stale generation. News learned
-    /// outside gossip (`spread`: from a sync) is gossiped on, as news received by gossip is.
+    /// Stores `r` if it is newer than the copy held and not a stale generation. News pushed to
+    /// us outside gossip (`spread`: a record pushed in a sync, such as a farewell) is gossiped on,
+    /// as news received by gossip is.
     /// `from`: the peer that answered a sync with it, if any.
     ///
     /// SWIM must also know the member, or its record stays invisible: SWIM's own updates are

@@ -177,6 +177,11 @@ pub struct SyncResponse {
     /// requester may push them in a follow-up request.
     #[serde(default)]
     pub want: Vec<MemberId>,
+    /// In answer to a full pull: identities the responder knows to be down or gone. A requester
+    /// that still holds one of them alive marks it down (push/pull heals SWIM's state too, as in
+    /// memberlist). Down is final for an identity, so this can never hide a live node.
+    #[serde(default)]
+    pub down: Vec<MemberId>,
 }
 
 /// `SocketAddr` as its display string, whatever the format's human-readability.
@@ -245,6 +250,7 @@ mod tests {
         let resp = SyncResponse {
             records: vec![record()],
             want: vec![record().id],
+            down: vec![MemberId::new("10.0.0.9:7946".parse().unwrap(), 4)],
         };
         assert_eq!(
             from_msgpack::<SyncResponse>(&to_msgpack(&resp).unwrap()).unwrap(),
