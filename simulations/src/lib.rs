@@ -791,7 +791,8 @@ impl Sim {
                         .or_insert((now, None));
                 }
             }
-            Event::ServiceAdded { service, .. } => {
+            // A node renamed meanwhile reports the service as changed rather than added.
+            Event::ServiceAdded { service, .. } | Event::ServiceChanged { service, .. } => {
                 for (name, _, seen) in &mut self.changes {
                     if *name == service.name {
                         seen.entry(observer).or_insert(now);
