@@ -53,6 +53,10 @@ pub struct CallOptions {
     pub retries: u32,
     /// First backoff between attempts (default 10 ms), doubled each time, with jitter.
     pub backoff: Duration,
+    /// Time allowed for one attempt (default: the whole timeout). An attempt that runs out of it
+    /// counts as one that may have run: an idempotent call moves on to another node, others fail.
+    /// Useful when a node can go silent (crash, partition) faster than membership notices.
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl Default for CallOptions {
@@ -67,6 +71,7 @@ impl Default for CallOptions {
             strategy: Strategy::Random,
             retries: 2,
             backoff: Duration::from_millis(10),
+            attempt_timeout: None,
         }
     }
 }
@@ -100,6 +105,11 @@ impl CallOptions {
     /// Sets the number of retries.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+    /// Sets the time allowed for one attempt.
+    pub fn attempt_timeout(mut self, t: Duration) -> Self {
+        self.attempt_timeout = Some(t);
         self
     }
     /// Only nodes serving `v`.

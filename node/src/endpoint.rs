@@ -62,6 +62,17 @@ pub fn endpoint(
     tls: &NodeTls,
     config: &EndpointConfig,
 ) -> Result<quinn::Endpoint, EndpointError> {
+    let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+        .map_err(EndpointError::Bind)?;
+    endpoint_on(socket, tls, config)
+}
+
+/// [`endpoint`] on any quinn socket (such as a [`FaultySocket`](crate::chaos::FaultySocket)).
+pub fn endpoint_on(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    tls: &NodeTls,
+    config: &EndpointConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
     let transport = config.transport()?;
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server.clone())
         .map_err(|e| SecurityError::Load(e.to_string()))?;
@@ -71,7 +82,7 @@ pub fn endpoint(
         .map_err(|e| SecurityError::Load(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-    let mut endpoint = quinn::Endpoint::new(
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server),
         socket,

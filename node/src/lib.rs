@@ -60,6 +60,7 @@
 //! The wire format is specified in `docs/PROTOCOL.md`.
 #![deny(missing_docs)]
 
+pub mod chaos;
 pub mod client;
 pub mod endpoint;
 mod node;

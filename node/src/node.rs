@@ -22,7 +22,7 @@ use crate::client::{
     attempt, matches, refused_before_running, Balancer, CallOptions, ClientCall, ClientNext,
     ClientWrapper, Failure, Tried,
 };
-use crate::endpoint::{bind_socket, endpoint, EndpointConfig, EndpointError};
+use crate::endpoint::{bind_socket, endpoint_on, EndpointConfig, EndpointError};
 use crate::pubsub::{
     Delivery, Links, Plan, PublishOptions, PublishReport, SubscriberWrapper, Subscribers,
     Subscription, SubscriptionGuard, DEFAULT_SUBSCRIPTION_QUEUE,
@@ -87,6 +87,7 @@ pub struct NodeBuilder {
     name: String,
     bind: SocketAddr,
     socket: Option<std::net::UdpSocket>,
+    quic_socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
     advertise: Option<SocketAddr>,
     seeds: Vec<SocketAddr>,
     credentials: Option<Credentials>,
@@ -118,6 +119,7 @@ impl Default for NodeBuilder {
             name: String::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             socket: None,
+            quic_socket: None,
             advertise: None,
             seeds: Vec::new(),
             credentials: None,
@@ -151,6 +153,16 @@ impl NodeBuilder {
     /// name the address before the node starts (cluster-CA mode with port 0).
     pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
         self.socket = Some(socket);
+        self
+    }
+    /// Runs the node on a fault-injecting socket (chaos tests): `socket` from
+    /// [`FaultySocket::wrap`](crate::chaos::FaultySocket::wrap), with `faults` applied.
+    pub fn socket_with_faults(
+        mut self,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        faults: crate::chaos::Faults,
+    ) -> Self {
+        self.quic_socket = Some(crate::chaos::FaultySocket::new(socket, faults));
         self
     }
     /// The address peers reach this node at (default: the bound address).
@@ -243,9 +255,13 @@ impl NodeBuilder {
 
     async fn spawn_inner(self, serve_once: bool) -> Result<Node, StartError> {
         let credentials = self.credentials.ok_or(StartError::NoCredentials)?;
-        let socket = match self.socket {
-            Some(s) => s,
-            None => bind_socket(self.bind)?,
+        let wrap = |s: std::net::UdpSocket| {
+            quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, s).map_err(EndpointError::Bind)
+        };
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = match (self.quic_socket, self.socket) {
+            (Some(q), _) => q,
+            (None, Some(s)) => wrap(s)?,
+            (None, None) => wrap(bind_socket(self.bind)?)?,
         };
         let local = socket.local_addr().map_err(EndpointError::Bind)?;
         let advertise = match self.advertise {
@@ -260,7 +276,7 @@ impl NodeBuilder {
         let tls = tokio::task::spawn_blocking(move || credentials.tls(&cluster, advertise))
             .await
             .map_err(|e| SecurityError::Load(e.to_string()))??;
-        let quic = endpoint(socket, &tls, &self.endpoint)?;
+        let quic = endpoint_on(socket, &tls, &self.endpoint)?;
 
         let stats = Arc::new(Stats::default());
         let subscribers = Arc::new(Subscribers::new(self.subscriber_wrappers));
@@ -816,8 +832,9 @@ impl Node {
         }
         let header = self.header(service, endpoint, opts, deadline);
         let _outstanding = self.inner.balancer.start(node);
+        let limit = opts.attempt_timeout.map_or(remaining, |t| t.min(remaining));
         match tokio::time::timeout(
-            remaining,
+            limit,
             attempt(
                 &self.inner.transport,
                 node,
@@ -829,6 +846,11 @@ impl Node {
         .await
         {
             Ok(r) => r,
+            // The attempt's own limit, before the call's deadline: the node may have run it.
+            Err(_) if limit < remaining => Err(Failure::MaybeRun(RpcError::unavailable(
+                FRAMEWORK_ERROR_ID,
+                format!("{node}: no answer within the attempt timeout"),
+            ))),
             Err(_) => Err(timeout()),
         }
     }
@@ -1016,8 +1038,11 @@ impl Node {
                     }
                 }
             }
+            let round_deadline = opts
+                .attempt_timeout
+                .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
             for (node, groups, ack) in waits {
-                let outcome = match tokio::time::timeout_at(deadline, ack).await {
+                let outcome = match tokio::time::timeout_at(round_deadline, ack).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => Err(RpcError::unavailable(FRAMEWORK_ERROR_ID, "link closed")),
                     Err(_) => Err(RpcError::timeout(FRAMEWORK_ERROR_ID, "no ack in time")),

@@ -53,6 +53,10 @@ pub struct PublishOptions {
     pub metadata: BTreeMap<String, String>,
     /// Body encoding (default MessagePack).
     pub content_type: ContentType,
+    /// With `ack`: how long to wait for one round of acknowledgements before a queue-group
+    /// delivery moves to another member (default: the whole timeout). A delivery that timed out
+    /// may still arrive: queue groups are at least once under failures.
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl Default for PublishOptions {
@@ -62,6 +66,7 @@ impl Default for PublishOptions {
             timeout: Duration::from_secs(5),
             metadata: BTreeMap::new(),
             content_type: ContentType::MsgPack,
+            attempt_timeout: None,
         }
     }
 }
@@ -82,6 +87,11 @@ impl PublishOptions {
     /// Sets the timeout.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+    /// Sets the time one round of acknowledgements may take.
+    pub fn attempt_timeout(mut self, t: Duration) -> Self {
+        self.attempt_timeout = Some(t);
         self
     }
 }

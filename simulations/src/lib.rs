@@ -529,7 +529,8 @@ impl Sim {
             Ev::Converged => {
                 if let Some(healed) = self.healed_at {
                     if self.problems().is_empty() {
-                        self.reconverged_ms.push(ms(self.now.saturating_sub(healed)));
+                        self.reconverged_ms
+                            .push(ms(self.now.saturating_sub(healed)));
                         self.healed_at = None;
                     } else {
                         self.push(self.now + CONVERGE_CHECK, Ev::Converged);
@@ -1005,7 +1006,11 @@ pub fn table(reports: &[Report]) -> String {
             r.false_positives,
             p(&r.false_positive_ms),
             p(&r.service_change_ms),
-            if r.reconverge_ms.n == 0 { "-".to_owned() } else { format!("{:.0}", r.reconverge_ms.max) },
+            if r.reconverge_ms.n == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", r.reconverge_ms.max)
+            },
             r.msgs_per_node_s,
             r.bytes_per_node_s,
             match r.mem_per_node_bytes {
