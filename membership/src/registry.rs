@@ -23,6 +23,16 @@ pub enum MemberState {
 }
 
 impl MemberState {
+    /// `alive`, `suspect`, `down` or `left`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
+    }
+
     /// Alive or suspect: counted as a member, services visible.
     pub fn is_active(self) -> bool {
         matches!(self, Self::Alive | Self::Suspect)

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use mesh_protocol::{FrameHeader, FrameKind, SyncRequest, SyncResponse, FRAME_HEADER_LEN};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use mesh_protocol::{
+    encode_frame, FrameHeader, FrameKind, SyncRequest, SyncResponse, FRAME_HEADER_LEN,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 pub mod mem;
@@ -103,4 +105,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| TransportError::Io(e.to_string()))?;
     Ok(payload.into())
+}
+
+/// Writes one frame of `kind` around `payload` to `w`, refusing payloads over `max` bytes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: FrameKind,
+    payload: &[u8],
+    max: u32,
+) -> Result<(), TransportError> {
+    let mut buf = bytes::BytesMut::new();
+    encode_frame(kind, payload, max, &mut buf)
+        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+    w.write_all(&buf)
+        .await
+        .map_err(|e| TransportError::Io(e.to_string()))
 }

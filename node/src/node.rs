@@ -425,6 +425,17 @@ pub struct MemberView {
     pub state: String,
 }
 
+impl From<mesh_membership::MemberInfo> for MemberView {
+    fn from(m: mesh_membership::MemberInfo) -> Self {
+        Self {
+            name: m.name,
+            addr: m.id.addr.to_string(),
+            generation: m.id.generation,
+            state: m.state.as_str().to_owned(),
+        }
+    }
+}
+
 fn add_builtins(
     router: &mut Router,
     name: &str,
@@ -445,12 +456,7 @@ fn add_builtins(
                 let members = m.members().await.map_err(stopped)?;
                 Ok(members
                     .into_iter()
-                    .map(|m| MemberView {
-                        name: m.name,
-                        addr: m.id.addr.to_string(),
-                        generation: m.id.generation,
-                        state: format!("{:?}", m.state).to_lowercase(),
-                    })
+                    .map(MemberView::from)
                     .collect::<Vec<_>>())
             }
         })),
@@ -528,6 +534,13 @@ impl std::fmt::Debug for Node {
             .field("addr", &self.inner.addr)
             .finish_non_exhaustive()
     }
+}
+
+fn no_node(service: &str, endpoint: &str) -> RpcError {
+    RpcError::not_found(
+        FRAMEWORK_ERROR_ID,
+        format!("no node serves {service}.{endpoint}"),
+    )
 }
 
 fn stopped(_: mesh_membership::Stopped) -> RpcError {
@@ -647,23 +660,9 @@ impl Node {
         let mut last: Option<RpcError> = None;
         let mut backoff = opts.backoff;
         for attempt_no in 0..=opts.retries {
-            let nodes = self
-                .inner
-                .membership
-                .nodes_of(service)
-                .await
-                .map_err(stopped)?;
-            let candidates: Vec<ServiceNode> = nodes
-                .into_iter()
-                .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
-                .collect();
+            let candidates = self.candidates(service, endpoint, opts, &tried).await?;
             let Some(node) = b.pick(&candidates, opts) else {
-                return Err(last.unwrap_or_else(|| {
-                    RpcError::not_found(
-                        FRAMEWORK_ERROR_ID,
-                        format!("no node serves {service}.{endpoint}"),
-                    )
-                }));
+                return Err(last.unwrap_or_else(|| no_node(service, endpoint)));
             };
             let idempotent = candidates
                 .iter()
@@ -724,16 +723,7 @@ impl Node {
         let mut tried = Tried::new();
         let mut last = None;
         for _ in 0..=opts.retries {
-            let nodes = self
-                .inner
-                .membership
-                .nodes_of(service)
-                .await
-                .map_err(stopped)?;
-            let candidates: Vec<ServiceNode> = nodes
-                .into_iter()
-                .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
-                .collect();
+            let candidates = self.candidates(service, endpoint, opts, &tried).await?;
             let Some(node) = b.pick(&candidates, opts) else {
                 break;
             };
@@ -763,12 +753,28 @@ impl Node {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| {
-            RpcError::not_found(
-                FRAMEWORK_ERROR_ID,
-                format!("no node serves {service}.{endpoint}"),
-            )
-        }))
+        Err(last.unwrap_or_else(|| no_node(service, endpoint)))
+    }
+
+    /// The nodes of `service` that serve `endpoint`, pass the options' filters, and have not been
+    /// tried yet in this call.
+    async fn candidates(
+        &self,
+        service: &str,
+        endpoint: &str,
+        opts: &CallOptions,
+        tried: &Tried,
+    ) -> Result<Vec<ServiceNode>, RpcError> {
+        let nodes = self
+            .inner
+            .membership
+            .nodes_of(service)
+            .await
+            .map_err(stopped)?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
+            .collect())
     }
 
     fn header(

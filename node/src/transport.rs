@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use mesh_membership::transport::{read_frame, Incoming, SyncFuture, Transport, TransportError};
+use bytes::Bytes;
+use mesh_membership::transport::{
+    read_frame, write_frame, Incoming, SyncFuture, Transport, TransportError,
+};
 use mesh_protocol::{
-    encode_frame, from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest,
-    PREAMBLE_LEN,
+    from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest, PREAMBLE_LEN,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info, warn};
@@ -297,15 +298,6 @@ pub fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: 
     let _ = recv.stop(code.into());
 }
 
-async fn write_header_frame(
-    send: &mut quinn::SendStream,
-    payload: &[u8],
-) -> Result<(), TransportError> {
-    let mut buf = BytesMut::new();
-    encode_frame(FrameKind::Header, payload, MAX_SYNC_FRAME, &mut buf).map_err(proto)?;
-    send.write_all(&buf).await.map_err(io)
-}
-
 async fn serve_sync(
     inner: &Inner,
     from: SocketAddr,
@@ -329,7 +321,13 @@ async fn serve_sync(
         })
         .map_err(|_| TransportError::Busy)?;
     let response = answer.await.map_err(|_| TransportError::Unreachable)?;
-    write_header_frame(&mut send, &to_msgpack(&response).map_err(proto)?).await?;
+    write_frame(
+        &mut send,
+        FrameKind::Header,
+        &to_msgpack(&response).map_err(proto)?,
+        MAX_SYNC_FRAME,
+    )
+    .await?;
     send.finish().map_err(|e| TransportError::Io(e.to_string()))
 }
 
@@ -397,7 +395,13 @@ impl Transport for QuicTransport {
             send.write_all(&Preamble::new(StreamKind::RegistrySync).to_bytes())
                 .await
                 .map_err(io)?;
-            write_header_frame(&mut send, &to_msgpack(&request).map_err(proto)?).await?;
+            write_frame(
+                &mut send,
+                FrameKind::Header,
+                &to_msgpack(&request).map_err(proto)?,
+                MAX_SYNC_FRAME,
+            )
+            .await?;
             send.finish().map_err(io)?;
             from_msgpack(&read_frame(&mut recv, FrameKind::Header, MAX_SYNC_FRAME).await?)
                 .map_err(proto)

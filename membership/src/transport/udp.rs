@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mesh_protocol::{
-    encode_frame, from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest,
-    PREAMBLE_LEN,
+    from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest, PREAMBLE_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -153,14 +152,14 @@ async fn serve(
     })
     .map_err(|_| TransportError::Busy)?;
     let response = answer.await.map_err(|_| TransportError::Unreachable)?;
-    write_header_frame(&mut stream, &to_msgpack(&response).map_err(proto)?).await?;
+    super::write_frame(
+        &mut stream,
+        FrameKind::Header,
+        &to_msgpack(&response).map_err(proto)?,
+        MAX_SYNC_FRAME,
+    )
+    .await?;
     stream.shutdown().await.map_err(io)
-}
-
-async fn write_header_frame(stream: &mut TcpStream, payload: &[u8]) -> Result<(), TransportError> {
-    let mut buf = BytesMut::new();
-    encode_frame(FrameKind::Header, payload, MAX_SYNC_FRAME, &mut buf).map_err(proto)?;
-    stream.write_all(&buf).await.map_err(io)
 }
 
 fn io(e: std::io::Error) -> TransportError {
@@ -196,7 +195,13 @@ impl Transport for UdpTransport {
                 .write_all(&Preamble::new(StreamKind::RegistrySync).to_bytes())
                 .await
                 .map_err(io)?;
-            write_header_frame(&mut stream, &to_msgpack(&request).map_err(proto)?).await?;
+            super::write_frame(
+                &mut stream,
+                FrameKind::Header,
+                &to_msgpack(&request).map_err(proto)?,
+                MAX_SYNC_FRAME,
+            )
+            .await?;
             from_msgpack(&super::read_frame(&mut stream, FrameKind::Header, MAX_SYNC_FRAME).await?)
                 .map_err(proto)
         })

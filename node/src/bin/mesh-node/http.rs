@@ -213,14 +213,7 @@ async fn members(node: &Node) -> Result<Vec<MemberView>, String> {
         .members()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(m.into_iter()
-        .map(|m| MemberView {
-            name: m.name,
-            addr: m.id.addr.to_string(),
-            generation: m.id.generation,
-            state: format!("{:?}", m.state).to_lowercase(),
-        })
-        .collect())
+    Ok(m.into_iter().map(MemberView::from).collect())
 }
 
 async fn gateway(node: &Node, rest: &str, body: Vec<u8>) -> Response {
@@ -267,10 +260,7 @@ async fn metrics(node: &Node) -> String {
     );
     let _ = writeln!(out, "# TYPE mesh_members gauge");
     for state in ["alive", "suspect", "down", "left"] {
-        let n = members
-            .iter()
-            .filter(|m| format!("{:?}", m.state).to_lowercase() == state)
-            .count();
+        let n = members.iter().filter(|m| m.state.as_str() == state).count();
         let _ = writeln!(out, "mesh_members{{state=\"{state}\"}} {n}");
     }
     let stats = node.stats();

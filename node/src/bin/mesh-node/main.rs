@@ -550,6 +550,18 @@ async fn shutdown_signal() {
 
 // ---- talking to a running cluster ----
 
+/// The local address the route to `peer` leaves from (a connected UDP socket sends nothing).
+fn local_ip_toward(peer: SocketAddr) -> std::io::Result<std::net::IpAddr> {
+    let any: std::net::IpAddr = if peer.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+    s.connect(peer)?;
+    Ok(s.local_addr()?.ip())
+}
+
 /// A node for one command: not a member, just a client with the cluster's credentials.
 async fn client(i: &Inspect) -> Result<Node, Failure> {
     client_for(&i.creds, i.join.first().copied()).await
@@ -559,19 +571,7 @@ async fn client_for(creds: &CredArgs, toward: Option<SocketAddr>) -> Result<Node
     let creds_ = credentials(creds)?;
     // Bind where the route to the cluster leaves this machine.
     let local_ip = toward
-        .and_then(|seed| {
-            let s = std::net::UdpSocket::bind(SocketAddr::new(
-                if seed.is_ipv4() {
-                    [0, 0, 0, 0].into()
-                } else {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                },
-                0,
-            ))
-            .ok()?;
-            s.connect(seed).ok()?;
-            s.local_addr().ok().map(|a| a.ip())
-        })
+        .and_then(|seed| local_ip_toward(seed).ok())
         .unwrap_or_else(|| [127, 0, 0, 1].into());
     Node::builder()
         .name("mesh-node-cli")
@@ -828,18 +828,7 @@ async fn stats(i: &Inspect) -> Result<(), Failure> {
 /// Joins the cluster for real (watch and subscribe need the registry and must be reachable).
 async fn member(i: &Inspect, name: &str) -> Result<Node, Failure> {
     let creds = credentials(&i.creds)?;
-    let seed = i.join[0];
-    let s = std::net::UdpSocket::bind(SocketAddr::new(
-        if seed.is_ipv4() {
-            [0, 0, 0, 0].into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        },
-        0,
-    ))?;
-    s.connect(seed)?;
-    let ip = s.local_addr()?.ip();
-    drop(s);
+    let ip = local_ip_toward(i.join[0])?;
     Ok(Node::builder()
         .name(name)
         .bind(SocketAddr::new(ip, 0))
