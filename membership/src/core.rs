@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::MembershipConfig;
-use crate::registry::{Event, MemberInfo, MemberState, Registry, ServiceNode};
+use crate::registry::{Directory, Event, MemberInfo, MemberState, Registry, ServiceNode};
 use crate::swim::{
     cluster_tag, decode_header_src, lock, open_envelope, write_envelope, EnvelopeError, Item,
     RegistryBroadcasts, Shared, SwimCodec, SwimId, ENVELOPE_LEN,
@@ -692,6 +692,17 @@ impl Membership {
             .collect();
         out.sort();
         out
+    }
+
+    /// What lookups see, built from the registry as it is now.
+    pub fn directory(&self) -> Directory {
+        Directory::build(self.registry.revision, self.registry.visible())
+    }
+
+    /// Grows by one with every change to what lookups see: a cheap test of whether a
+    /// [`Directory`] is stale.
+    pub fn registry_revision(&self) -> u64 {
+        self.registry.revision
     }
 
     /// The records of every active node, sorted by address: what lookups see.

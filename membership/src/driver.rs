@@ -5,19 +5,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_protocol::{NodeRecord, SyncResponse};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::core::Membership;
-use crate::registry::{Event, MemberInfo, ServiceNode};
+use crate::registry::{Directory, Event, MemberInfo, ServiceNode};
 use crate::transport::{Incoming, Transport, TransportError};
 
 /// Events buffered per watcher before it lags (and is told how many it missed).
 pub const WATCH_CAPACITY: usize = 1024;
 
-type Query = Box<dyn FnOnce(&mut Membership, std::time::Instant) + Send>;
+/// Runs on the core inside the driver task and returns how to deliver its answer: the driver
+/// delivers it only after publishing what the query changed, so that a caller who has its answer
+/// also sees the change in [`MembershipHandle::directory`].
+type Query = Box<dyn FnOnce(&mut Membership, std::time::Instant) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
 
 enum Command {
     Run(Query),
@@ -50,6 +54,7 @@ pub struct Stopped;
 pub struct MembershipHandle {
     cmd_tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    directory: watch::Receiver<Arc<Directory>>,
     addr: SocketAddr,
     task: Arc<JoinHandle<()>>,
 }
@@ -73,6 +78,7 @@ impl MembershipHandle {
     ) -> Self {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
+        let (directory_tx, directory) = watch::channel(Arc::new(core.directory()));
         let addr = core.id().addr;
         let span = tracing::info_span!("membership", node = %addr);
         let driver = Driver {
@@ -81,6 +87,7 @@ impl MembershipHandle {
             incoming,
             cmd_rx,
             events: events.clone(),
+            directory: directory_tx,
             sync_done: mpsc::channel(256),
             seeds: seeds.to_vec(),
             syncs_in_flight: 0,
@@ -89,6 +96,7 @@ impl MembershipHandle {
         Self {
             cmd_tx,
             events,
+            directory,
             addr,
             task: Arc::new(task),
         }
@@ -128,13 +136,23 @@ impl MembershipHandle {
     ) -> Result<R, Stopped> {
         let (tx, rx) = oneshot::channel();
         let run: Query = Box::new(move |core, _| {
-            let _ = tx.send(f(core));
+            let answer = f(core);
+            Box::new(move || {
+                let _ = tx.send(answer);
+            })
         });
         self.cmd_tx
             .send(Command::Run(run))
             .await
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
+    }
+
+    /// What lookups see now (the nodes of each service, the subscribers of each topic), without
+    /// a round trip to the driver task: the driver publishes a new directory after every change
+    /// to the registry. This is what the client reads on every call.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.borrow().clone()
     }
 
     /// Every member known, with its state.
@@ -175,7 +193,9 @@ impl MembershipHandle {
         let (tx, rx) = oneshot::channel();
         let run: Query = Box::new(move |core, now| {
             core.update_record(now, f);
-            let _ = tx.send(());
+            Box::new(move || {
+                let _ = tx.send(());
+            })
         });
         self.cmd_tx
             .send(Command::Run(run))
@@ -196,7 +216,9 @@ impl MembershipHandle {
         let (tx, rx) = oneshot::channel();
         let run: Query = Box::new(move |core, now| {
             core.leave(now);
-            let _ = tx.send(());
+            Box::new(move || {
+                let _ = tx.send(());
+            })
         });
         self.cmd_tx
             .send(Command::Run(run))
@@ -229,6 +251,7 @@ struct Driver {
     incoming: mpsc::Receiver<Incoming>,
     cmd_rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
+    directory: watch::Sender<Arc<Directory>>,
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     seeds: Vec<SocketAddr>,
     /// Syncs spawned and not yet reported back.
@@ -251,7 +274,11 @@ impl Driver {
             tokio::select! {
                 biased;
                 cmd = self.cmd_rx.recv() => match cmd {
-                    Some(Command::Run(f)) => f(&mut self.core, now()),
+                    Some(Command::Run(f)) => {
+                        let deliver = f(&mut self.core, now());
+                        self.flush();
+                        deliver();
+                    }
                     Some(Command::Shutdown(done)) => {
                         self.flush();
                         self.linger().await;
@@ -311,6 +338,10 @@ impl Driver {
         while let Some(e) = self.core.poll_event() {
             // No watcher is not an error.
             let _ = self.events.send(e);
+        }
+        let revision = self.core.registry_revision();
+        if self.directory.borrow().revision() != revision {
+            self.directory.send_replace(Arc::new(self.core.directory()));
         }
     }
 }

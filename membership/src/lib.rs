@@ -105,7 +105,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use crate::config::MembershipConfig;
 pub use crate::core::{Membership, Stats, SyncTask, Transmit};
 pub use crate::driver::{MembershipHandle, Stopped};
-pub use crate::registry::{Event, MemberInfo, MemberState, ServiceNode};
+pub use crate::registry::{Directory, Event, MemberInfo, MemberState, ServiceNode};
 
 /// A generation for a node starting now: microseconds since the Unix epoch, and strictly greater
 /// than any generation this process handed out before, so that a node restarted at the same

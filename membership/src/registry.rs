@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mesh_protocol::{MemberId, NodeRecord, ServiceInfo};
 
@@ -61,6 +62,84 @@ pub struct ServiceNode {
     pub labels: BTreeMap<String, String>,
     /// The service as this node serves it (version, endpoints, metadata).
     pub service: ServiceInfo,
+}
+
+/// What lookups need from the registry, built once per change: the nodes of each service and
+/// the subscribers of each topic. The driver publishes a new one after every change, and a
+/// client reads it without waiting on the driver task (see
+/// [`MembershipHandle::directory`](crate::MembershipHandle::directory)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    revision: u64,
+    services: BTreeMap<String, Arc<[ServiceNode]>>,
+    topics: BTreeMap<String, Arc<[Subscriber]>>,
+}
+
+/// A node subscribed to a topic, and its queue group if any.
+pub type Subscriber = (MemberId, Option<String>);
+
+impl Directory {
+    /// Builds the directory of `records` (the visible ones) at registry `revision`.
+    pub(crate) fn build<'a>(revision: u64, records: impl Iterator<Item = &'a NodeRecord>) -> Self {
+        let mut services: BTreeMap<String, Vec<ServiceNode>> = BTreeMap::new();
+        let mut topics: BTreeMap<String, Vec<Subscriber>> = BTreeMap::new();
+        for r in records {
+            for s in &r.services {
+                services
+                    .entry(s.name.clone())
+                    .or_default()
+                    .push(ServiceNode {
+                        node: r.id,
+                        node_name: r.name.clone(),
+                        labels: r.labels.clone(),
+                        service: s.clone(),
+                    });
+            }
+            for s in &r.subscriptions {
+                topics
+                    .entry(s.topic.clone())
+                    .or_default()
+                    .push((r.id, s.queue.clone()));
+            }
+        }
+        Self {
+            revision,
+            services: services
+                .into_iter()
+                .map(|(k, mut v)| {
+                    v.sort_by_key(|n| n.node);
+                    (k, v.into())
+                })
+                .collect(),
+            topics: topics
+                .into_iter()
+                .map(|(k, mut v)| {
+                    v.sort();
+                    (k, v.into())
+                })
+                .collect(),
+        }
+    }
+
+    /// The registry revision this directory was built at; it grows with every visible change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The active nodes serving `service`, sorted by node id.
+    pub fn nodes_of(&self, service: &str) -> &[ServiceNode] {
+        self.services.get(service).map_or(&[], |n| n)
+    }
+
+    /// The subscriptions to `topic` of every active node: (node, queue group), sorted.
+    pub fn subscribers_of(&self, topic: &str) -> &[Subscriber] {
+        self.topics.get(topic).map_or(&[], |n| n)
+    }
+
+    /// Names of every service some active node serves, sorted.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
 }
 
 /// A change in the registry, as [`Membership::poll_event`](crate::Membership::poll_event) and the
@@ -133,6 +212,8 @@ impl Entry {
 pub(crate) struct Registry {
     /// Ordered, so that everything derived from it (sync answers, digests) is deterministic.
     pub(crate) entries: BTreeMap<SocketAddr, Entry>,
+    /// Grows by one with every change to what lookups see.
+    pub(crate) revision: u64,
 }
 
 impl Registry {
@@ -148,6 +229,9 @@ impl Registry {
         let before = entry.visible().cloned();
         let out = f(entry);
         let after = entry.visible();
+        if before.as_ref() != after {
+            self.revision += 1;
+        }
         diff(before.as_ref(), after, events);
         out
     }

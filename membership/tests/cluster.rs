@@ -467,3 +467,60 @@ async fn a_seed_that_restarts_alone_is_found_again() {
     let took = c.converge(Duration::from_secs(30)).await;
     println!("restarted seed re-found in {took:?}");
 }
+
+/// The directory a client reads on every call, without a round trip to the driver: it shows a
+/// change made through the handle as soon as the change returns, agrees with the driver's own
+/// answer, and loses a crashed node's services once the node is declared down.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_published_directory_follows_the_registry() {
+    let net = MemNetwork::new(11);
+    let config = MembershipConfig::local();
+    let a = MembershipHandle::spawn_mem(&net, addr(0), "a", config.clone(), &[]);
+    let b = MembershipHandle::spawn_mem(&net, addr(1), "b", config.clone(), &[addr(0)]);
+    let before = a.directory().revision();
+    serve(&a, "Local").await;
+    let dir = a.directory();
+    assert!(dir.revision() > before, "a visible change bumps the revision");
+    assert_eq!(dir.nodes_of("Local").len(), 1, "own change visible on return");
+    assert_eq!(dir.nodes_of("Local"), &a.nodes_of("Local").await.unwrap()[..]);
+
+    serve(&b, "Remote").await;
+    b.update_record(|r| {
+        r.subscriptions.push(mesh_protocol::Subscription {
+            topic: "news".into(),
+            queue: Some("workers".into()),
+        })
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.directory().nodes_of("Remote").is_empty() {
+        assert!(Instant::now() < deadline, "b's service never reached a's directory");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dir = a.directory();
+    assert_eq!(dir.nodes_of("Remote"), &a.nodes_of("Remote").await.unwrap()[..]);
+    assert_eq!(
+        dir.subscribers_of("news"),
+        &a.subscribers_of("news").await.unwrap()[..]
+    );
+    assert_eq!(dir.subscribers_of("news").len(), 1);
+    assert_eq!(
+        dir.services().collect::<Vec<_>>(),
+        a.services().await.unwrap()
+    );
+
+    // A quiet cluster publishes nothing new: the revision only moves with visible changes.
+    let settled = a.directory().revision();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(a.directory().revision(), settled);
+
+    b.abort();
+    let deadline = Instant::now() + config.detection_bound(2) + Duration::from_secs(1);
+    while !a.directory().nodes_of("Remote").is_empty() {
+        assert!(Instant::now() < deadline, "a crashed node's service stayed in the directory");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.directory().subscribers_of("news").is_empty());
+    assert_eq!(a.directory().nodes_of("Local").len(), 1);
+}

@@ -15,7 +15,7 @@ use mesh_protocol::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::server::{read_frame, write_frames, FRAMEWORK_ERROR_ID};
+use crate::server::{write_frames, FrameReader, FRAMEWORK_ERROR_ID};
 use crate::transport::QuicTransport;
 
 /// How a client picks among the nodes of a service.
@@ -224,7 +224,7 @@ impl Balancer {
     /// Picks the next node among `candidates` (already filtered, none tried yet).
     pub(crate) fn pick(
         &self,
-        candidates: &[ServiceNode],
+        candidates: &[&ServiceNode],
         opts: &CallOptions,
     ) -> Option<SocketAddr> {
         if candidates.is_empty() {
@@ -232,14 +232,18 @@ impl Balancer {
         }
         let now = Instant::now();
         // Ejected nodes only if every candidate is ejected.
-        let healthy: Vec<&ServiceNode> = candidates
-            .iter()
-            .filter(|n| !self.is_ejected(n.node.addr, now))
-            .collect();
-        let pool: Vec<&ServiceNode> = if healthy.is_empty() {
-            candidates.iter().collect()
+        let healthy: Vec<&ServiceNode> = {
+            let ejected = lock(&self.ejected);
+            candidates
+                .iter()
+                .copied()
+                .filter(|n| ejected.get(&n.node.addr).is_none_or(|until| *until <= now))
+                .collect()
+        };
+        let pool: &[&ServiceNode] = if healthy.is_empty() {
+            candidates
         } else {
-            healthy
+            &healthy
         };
         if let Some(key) = &opts.routing_key {
             return pool
@@ -371,7 +375,9 @@ pub(crate) async fn attempt(
     )
     .await
     .map_err(|e| Failure::MaybeRun(unavailable(e)))?;
-    let reply = read_frame(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32)
+    let mut frames = FrameReader::default();
+    let reply = frames
+        .next(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32)
         .await
         .map_err(|e| Failure::MaybeRun(unavailable(e)))?;
     let reply = ReplyHeader::decode(&reply)
@@ -379,7 +385,8 @@ pub(crate) async fn attempt(
     if let Some(e) = reply.error {
         return Err(Failure::Reply(e));
     }
-    read_frame(&mut recv, FrameKind::Data, max_frame)
+    frames
+        .next(&mut recv, FrameKind::Data, max_frame)
         .await
         .map_err(|e| Failure::MaybeRun(unavailable(e)))
 }

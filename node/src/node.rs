@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesh_membership::{
-    generation_now, Event, Membership, MembershipConfig, MembershipHandle, ServiceNode,
+    generation_now, Directory, Event, Membership, MembershipConfig, MembershipHandle, ServiceNode,
 };
 use mesh_protocol::{
     CallHeader, PublishHeader, RpcError, ServiceInfo, Subscription as Subscription_,
@@ -543,6 +543,22 @@ fn no_node(service: &str, endpoint: &str) -> RpcError {
     )
 }
 
+/// The nodes of `service` in `directory` that serve `endpoint`, pass the options' filters, and
+/// have not been tried yet in this call.
+fn candidates<'d>(
+    directory: &'d Directory,
+    service: &str,
+    endpoint: &str,
+    opts: &CallOptions,
+    tried: &Tried,
+) -> Vec<&'d ServiceNode> {
+    directory
+        .nodes_of(service)
+        .iter()
+        .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
+        .collect()
+}
+
 fn stopped(_: mesh_membership::Stopped) -> RpcError {
     RpcError::unavailable(FRAMEWORK_ERROR_ID, "node is shut down")
 }
@@ -660,7 +676,8 @@ impl Node {
         let mut last: Option<RpcError> = None;
         let mut backoff = opts.backoff;
         for attempt_no in 0..=opts.retries {
-            let candidates = self.candidates(service, endpoint, opts, &tried).await?;
+            let directory = self.inner.membership.directory();
+            let candidates = candidates(&directory, service, endpoint, opts, &tried);
             let Some(node) = b.pick(&candidates, opts) else {
                 return Err(last.unwrap_or_else(|| no_node(service, endpoint)));
             };
@@ -669,6 +686,7 @@ impl Node {
                 .find(|n| n.node.addr == node)
                 .and_then(|n| n.service.endpoints.iter().find(|e| e.name == endpoint))
                 .is_some_and(|e| e.idempotent);
+            drop(candidates);
             tried.insert(node);
             if attempt_no > 0 {
                 b.retries.fetch_add(1, Ordering::Relaxed);
@@ -723,8 +741,11 @@ impl Node {
         let mut tried = Tried::new();
         let mut last = None;
         for _ in 0..=opts.retries {
-            let candidates = self.candidates(service, endpoint, opts, &tried).await?;
-            let Some(node) = b.pick(&candidates, opts) else {
+            let directory = self.inner.membership.directory();
+            let Some(node) = b.pick(
+                &candidates(&directory, service, endpoint, opts, &tried),
+                opts,
+            ) else {
                 break;
             };
             tried.insert(node);
@@ -754,27 +775,6 @@ impl Node {
             }
         }
         Err(last.unwrap_or_else(|| no_node(service, endpoint)))
-    }
-
-    /// The nodes of `service` that serve `endpoint`, pass the options' filters, and have not been
-    /// tried yet in this call.
-    async fn candidates(
-        &self,
-        service: &str,
-        endpoint: &str,
-        opts: &CallOptions,
-        tried: &Tried,
-    ) -> Result<Vec<ServiceNode>, RpcError> {
-        let nodes = self
-            .inner
-            .membership
-            .nodes_of(service)
-            .await
-            .map_err(stopped)?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| matches(n, endpoint, opts) && !tried.contains(&n.node.addr))
-            .collect())
     }
 
     fn header(
@@ -976,13 +976,7 @@ impl Node {
             ));
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let subscribers = self
-            .inner
-            .membership
-            .subscribers_of(topic)
-            .await
-            .map_err(stopped)?;
-        let plan = Plan::new(subscribers);
+        let plan = Plan::new(self.inner.membership.directory().subscribers_of(topic));
         let mut tried: HashMap<String, HashSet<SocketAddr>> = HashMap::new();
         // First round: plain subscribers, and one random member of each group.
         let mut round: BTreeMap<SocketAddr, (bool, Vec<String>)> = BTreeMap::new();

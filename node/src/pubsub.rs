@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use crate::server::{read_frame, BoxFuture, FRAMEWORK_ERROR_ID};
+use crate::server::{BoxFuture, FrameReader, FRAMEWORK_ERROR_ID};
 use crate::transport::QuicTransport;
 
 /// Bytes a publisher may have queued or in flight towards one subscriber node (8 MiB).
@@ -298,15 +298,18 @@ pub(crate) async fn serve(
     mut recv: quinn::RecvStream,
     max_frame: u32,
 ) {
+    let mut frames = FrameReader::default();
     loop {
-        let head =
-            match read_frame(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32).await {
-                Ok(h) => h,
-                Err(e) => {
-                    debug!(%from, reason = %e, "publish stream ended");
-                    return;
-                }
-            };
+        let head = match frames
+            .next(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(%from, reason = %e, "publish stream ended");
+                return;
+            }
+        };
         let header = match PublishHeader::decode(&head) {
             Ok(h) => h,
             Err(e) => {
@@ -319,7 +322,7 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        let body = match read_frame(&mut recv, FrameKind::Data, max_frame).await {
+        let body = match frames.next(&mut recv, FrameKind::Data, max_frame).await {
             Ok(b) => b,
             Err(e) => {
                 debug!(%from, error = %e, "publish stream broke inside a message");
@@ -514,9 +517,11 @@ async fn run_link(
     let acks = {
         let pending = pending.clone();
         tokio::spawn(async move {
+            let mut frames = FrameReader::default();
             loop {
-                let Ok(frame) =
-                    read_frame(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32).await
+                let Ok(frame) = frames
+                    .next(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32)
+                    .await
                 else {
                     return;
                 };
@@ -607,14 +612,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(subscribers: Vec<(mesh_protocol::MemberId, Option<String>)>) -> Self {
+    pub(crate) fn new(subscribers: &[(mesh_protocol::MemberId, Option<String>)]) -> Self {
         let mut plan = Plan::default();
         for (node, queue) in subscribers {
             match queue {
                 None => {
                     plan.plain.insert(node.addr);
                 }
-                Some(g) => plan.groups.entry(g).or_default().push(node.addr),
+                Some(g) => plan.groups.entry(g.clone()).or_default().push(node.addr),
             }
         }
         plan

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mesh_protocol::{
-    encode_frame, CallHeader, ContentType, EndpointInfo, FrameKind, ReplyHeader, RpcError,
-    ServiceInfo, StreamKind, DEFAULT_MAX_HEADER_LEN,
+    encode_frame, CallHeader, ContentType, EndpointInfo, FrameDecoder, FrameKind, ReplyHeader,
+    RpcError, ServiceInfo, StreamKind, DEFAULT_MAX_HEADER_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::pubsub::{self, Subscribers};
-use crate::stats::Stats;
+use crate::stats::{Slot, Stats};
 use crate::streaming::{self, StreamingHandler};
 use crate::transport::{close_code, refuse, StreamHandler};
 
@@ -273,8 +273,8 @@ impl Service {
 
 /// The handlers of a node, by service and endpoint, and what serving them needs.
 pub(crate) struct Router {
-    handlers: HashMap<(String, String), Arc<dyn Handler>>,
-    streams: HashMap<(String, String), Arc<dyn StreamingHandler>>,
+    handlers: Routes<dyn Handler>,
+    streams: Routes<dyn StreamingHandler>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutting_down: AtomicBool,
     in_flight: AtomicUsize,
@@ -297,8 +297,8 @@ impl Router {
     ) -> Self {
         Self {
             subscribers,
-            handlers: HashMap::new(),
-            streams: HashMap::new(),
+            handlers: Routes::new(),
+            streams: Routes::new(),
             stats,
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -312,8 +312,7 @@ impl Router {
     }
 
     pub(crate) fn insert(&mut self, service: &str, endpoint: &str, h: Arc<dyn Handler>) {
-        self.handlers
-            .insert((service.to_owned(), endpoint.to_owned()), h);
+        self.handlers.insert(&self.stats, service, endpoint, h);
     }
 
     pub(crate) fn insert_stream(
@@ -322,8 +321,7 @@ impl Router {
         endpoint: &str,
         h: Arc<dyn StreamingHandler>,
     ) {
-        self.streams
-            .insert((service.to_owned(), endpoint.to_owned()), h);
+        self.streams.insert(&self.stats, service, endpoint, h);
     }
 
     /// Waits until no call is in flight, or `limit` passes; returns how many are left.
@@ -339,6 +337,42 @@ impl Router {
                 return self.in_flight.load(Ordering::Acquire);
             }
         }
+    }
+}
+
+/// Handlers by service, then endpoint (looked up by `&str`, without building a key), each with
+/// its statistics slot.
+struct Routes<H: ?Sized>(HashMap<String, HashMap<String, Route<H>>>);
+
+struct Route<H: ?Sized> {
+    handler: Arc<H>,
+    stats: Slot,
+}
+
+impl<H: ?Sized> Clone for Route<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<H: ?Sized> Routes<H> {
+    fn new() -> Self {
+        Self(HashMap::new())
+    }
+
+    fn insert(&mut self, stats: &Stats, service: &str, endpoint: &str, handler: Arc<H>) {
+        let stats = stats.slot(&format!("{service}.{endpoint}"));
+        self.0
+            .entry(service.to_owned())
+            .or_default()
+            .insert(endpoint.to_owned(), Route { handler, stats });
+    }
+
+    fn get(&self, service: &str, endpoint: &str) -> Option<&Route<H>> {
+        self.0.get(service)?.get(endpoint)
     }
 }
 
@@ -374,29 +408,26 @@ impl StreamHandler for RpcServer {
         from: SocketAddr,
         send: quinn::SendStream,
         mut recv: quinn::RecvStream,
-    ) {
+    ) -> BoxFuture<()> {
         let router = self.router.clone();
         match kind {
-            StreamKind::UnaryCall => {
-                tokio::spawn(serve_unary(router, from, send, recv));
-            }
-            StreamKind::StreamingCall => {
-                tokio::spawn(serve_streaming(router, from, send, recv));
-            }
+            StreamKind::UnaryCall => Box::pin(serve_unary(router, from, send, recv)),
+            StreamKind::StreamingCall => Box::pin(serve_streaming(router, from, send, recv)),
             StreamKind::Publish => {
                 let subscribers = router.subscribers.clone();
-                tokio::spawn(pubsub::serve(
+                Box::pin(pubsub::serve(
                     subscribers,
                     from,
                     send,
                     recv,
                     router.max_frame,
-                ));
+                ))
             }
             other => {
                 debug!(%from, ?other, "stream kind not served yet");
                 let mut send = send;
                 refuse(&mut send, &mut recv, close_code::UNSUPPORTED);
+                Box::pin(std::future::ready(()))
             }
         }
     }
@@ -411,6 +442,42 @@ pub(crate) async fn read_frame(
     mesh_membership::transport::read_frame(recv, kind, max)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Reads frames from a QUIC stream a received chunk at a time, and hands them out without
+/// copying them again: a small call's header and body arrive in one chunk and take one read
+/// between them. Memory grows only with bytes actually received (a peer that declares a 4 MiB
+/// frame and sends 10 bytes costs 10 bytes), and a frame over its limit is refused from its
+/// header alone.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// The next frame, which must be of `kind` and at most `max` bytes long.
+    pub(crate) async fn next(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+        kind: FrameKind,
+        max: u32,
+    ) -> Result<Bytes, String> {
+        let decoder = FrameDecoder::new(max);
+        loop {
+            if let Some(frame) = decoder.decode(&mut self.buf).map_err(|e| e.to_string())? {
+                if frame.kind != kind {
+                    return Err(format!("expected a {kind:?} frame, got {:?}", frame.kind));
+                }
+                return Ok(frame.payload);
+            }
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Err("stream finished".into()),
+                Ok(None) => return Err("stream finished inside a frame".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
 }
 
 /// Writes `frames` (kind, payload) and finishes the stream.
@@ -439,9 +506,14 @@ async fn serve_unary(
     let started = Instant::now();
     // Header and body, within a bounded time: a peer that opens a stream and stalls is dropped.
     let read = async {
-        let head = read_frame(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32).await?;
+        let mut frames = FrameReader::default();
+        let head = frames
+            .next(&mut recv, FrameKind::Header, DEFAULT_MAX_HEADER_LEN as u32)
+            .await?;
         let header = CallHeader::decode(&head).map_err(|e| e.to_string())?;
-        let body = read_frame(&mut recv, FrameKind::Data, router.max_frame).await?;
+        let body = frames
+            .next(&mut recv, FrameKind::Data, router.max_frame)
+            .await?;
         Ok::<_, String>((header, body))
     };
     let (header, body) = match tokio::time::timeout(HEADER_READ_TIMEOUT, read).await {
@@ -459,12 +531,21 @@ async fn serve_unary(
         }
     };
     let id = header.id;
-    let known = router
+    let route = router
         .handlers
-        .contains_key(&(header.service.clone(), header.endpoint.clone()));
-    let key = format!("{}.{}", header.service, header.endpoint);
+        .get(&header.service, &header.endpoint)
+        .cloned();
     let mut guards = CallGuards::default();
-    let mut result = dispatch(&router, &mut guards, from, header, body, &mut send).await;
+    let mut result = dispatch(
+        &router,
+        &mut guards,
+        from,
+        header,
+        body,
+        route.as_ref(),
+        &mut send,
+    )
+    .await;
     if result
         .as_ref()
         .is_ok_and(|reply| reply.len() > router.max_frame as usize)
@@ -475,10 +556,8 @@ async fn serve_unary(
         ));
     }
     // Only served endpoints are counted: names a caller makes up must not grow the table.
-    if known {
-        router
-            .stats
-            .record(&key, started.elapsed(), result.is_err());
+    if let Some(route) = &route {
+        route.stats.record(started.elapsed(), result.is_err());
     }
     let reply = match &result {
         Ok(_) => ReplyHeader::ok(id),
@@ -511,12 +590,12 @@ async fn serve_streaming(
                 return;
             }
         };
-    let key = format!("{}.{}", header.service, header.endpoint);
-    let handler = router
+    let route = router
         .streams
-        .get(&(header.service.clone(), header.endpoint.clone()))
+        .get(&header.service, &header.endpoint)
         .cloned();
-    let known = handler.is_some();
+    let known = route.is_some();
+    let (handler, stats) = route.map(|r| (r.handler, r.stats)).unzip();
     // The same refusals as unary calls, before any handler runs.
     let over_limit = router.in_flight.fetch_add(1, Ordering::AcqRel) >= router.max_in_flight;
     let _in_flight = InFlight(&router);
@@ -537,10 +616,8 @@ async fn serve_streaming(
         Some(e) => streaming::refuse(e, header.id, send, router.max_frame).await,
         None => streaming::serve(handler, header, from, send, recv, router.max_frame).await,
     };
-    if known {
-        router
-            .stats
-            .record(&key, started.elapsed(), result.is_err());
+    if let Some(stats) = stats {
+        stats.record(started.elapsed(), result.is_err());
     }
 }
 
@@ -583,6 +660,7 @@ async fn dispatch<'a>(
     from: SocketAddr,
     header: CallHeader,
     body: Bytes,
+    route: Option<&Route<dyn Handler>>,
     send: &mut quinn::SendStream,
 ) -> Result<Bytes, RpcError> {
     // Refusals before a handler runs carry the framework id: clients may retry them anywhere.
@@ -592,11 +670,7 @@ async fn dispatch<'a>(
             "node is shutting down",
         ));
     }
-    let Some(handler) = router
-        .handlers
-        .get(&(header.service.clone(), header.endpoint.clone()))
-        .cloned()
-    else {
+    let Some(route) = route else {
         return Err(RpcError::not_found(
             FRAMEWORK_ERROR_ID,
             format!(
@@ -628,9 +702,9 @@ async fn dispatch<'a>(
     let req = Request::from_header(header, content_type, from, body);
     let deadline = req.deadline;
     let service = req.service.clone();
-    // The handler runs in its own task so that a panic is caught and reported, not fatal.
-    let task = tokio::spawn(handler.call(req));
-    let abort = task.abort_handle();
+    // The handler runs inside this task, and a panic in it is caught and reported, not fatal.
+    // Dropping it (deadline, caller gone) cancels it.
+    let handler = CatchUnwind(route.handler.call(req));
     let timeout = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -638,29 +712,46 @@ async fn dispatch<'a>(
         }
     };
     tokio::select! {
-        joined = task => match joined {
+        biased;
+        result = handler => match result {
             // A handler that passes on the framework's refusal of a call it made downstream
             // (`?` on a 503 "mesh") must not make its own caller think it never ran.
             Ok(Err(mut e)) if e.id == FRAMEWORK_ERROR_ID => {
-                e.id = service.clone();
+                e.id = service;
                 Err(e)
             }
             Ok(result) => result,
-            Err(e) if e.is_panic() => {
+            Err(()) => {
                 warn!(%service, "handler panicked");
                 Err(RpcError::internal(&service, "handler panicked"))
             }
-            Err(_) => Err(RpcError::internal(&service, "handler cancelled")),
         },
-        _ = timeout => {
-            abort.abort();
-            Err(RpcError::timeout(&service, "deadline exceeded"))
-        }
+        _ = timeout => Err(RpcError::timeout(&service, "deadline exceeded")),
         _ = send.stopped() => {
             // The caller went away: stop working for it.
-            abort.abort();
             debug!(%service, "caller went away: handler cancelled");
             Err(RpcError::new(&service, mesh_protocol::code::CLIENT_CLOSED, "caller went away"))
+        }
+    }
+}
+
+/// Polls a handler's future and turns a panic in it into `Err(())`, as a spawned task's
+/// `JoinError` would, without the cost of a task per call. The future is not polled again after
+/// a panic.
+struct CatchUnwind(BoxFuture<Result<Bytes, RpcError>>);
+
+impl Future for CatchUnwind {
+    type Output = Result<Result<Bytes, RpcError>, ()>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(r)) => std::task::Poll::Ready(Ok(r)),
+            Err(_) => std::task::Poll::Ready(Err(())),
         }
     }
 }

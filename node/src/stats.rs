@@ -1,7 +1,7 @@
 //! Per-endpoint call statistics: requests, errors and a latency histogram.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -51,22 +51,18 @@ pub fn bucket_bound_us(i: usize) -> u64 {
 /// Statistics of every endpoint of a node.
 #[derive(Debug, Default)]
 pub struct Stats {
-    by_endpoint: Mutex<BTreeMap<String, EndpointStats>>,
+    by_endpoint: Mutex<BTreeMap<String, Slot>>,
 }
 
-impl Stats {
-    /// Records one call of `endpoint` (`"Service.Endpoint"`).
-    pub fn record(&self, endpoint: &str, latency: Duration, error: bool) {
-        let mut m = self
-            .by_endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let s = m
-            .entry(endpoint.to_owned())
-            .or_insert_with(|| EndpointStats {
-                histogram: vec![0; BUCKETS],
-                ..Default::default()
-            });
+/// The statistics of one endpoint, recorded without a lookup: the server keeps one beside each
+/// handler.
+#[derive(Debug, Clone)]
+pub struct Slot(Arc<Mutex<EndpointStats>>);
+
+impl Slot {
+    /// Records one call.
+    pub fn record(&self, latency: Duration, error: bool) {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         s.requests += 1;
         s.errors += u64::from(error);
         s.sum_us = s
@@ -74,19 +70,54 @@ impl Stats {
             .saturating_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         s.histogram[bucket(latency)] += 1;
     }
+}
 
-    /// A snapshot, with percentiles computed.
+impl Stats {
+    /// The slot of `endpoint` (`"Service.Endpoint"`), made on first use. An endpoint appears in
+    /// [`snapshot`](Self::snapshot) once it has a call.
+    pub fn slot(&self, endpoint: &str) -> Slot {
+        self.by_endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                Slot(Arc::new(Mutex::new(EndpointStats {
+                    histogram: vec![0; BUCKETS],
+                    ..Default::default()
+                })))
+            })
+            .clone()
+    }
+
+    /// Records one call of `endpoint` (`"Service.Endpoint"`).
+    pub fn record(&self, endpoint: &str, latency: Duration, error: bool) {
+        self.slot(endpoint).record(latency, error);
+    }
+
+    /// Every endpoint called so far, with its figures.
     pub fn snapshot(&self) -> BTreeMap<String, EndpointStats> {
-        let mut m = self
+        let slots: Vec<(String, Slot)> = self
             .by_endpoint
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for s in m.values_mut() {
-            s.p50_us = percentile(&s.histogram, s.requests, 0.50);
-            s.p99_us = percentile(&s.histogram, s.requests, 0.99);
-        }
-        m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|(k, slot)| {
+                let mut s = slot
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                (s.requests > 0).then(|| {
+                    s.p50_us = percentile(&s.histogram, s.requests, 0.50);
+                    s.p99_us = percentile(&s.histogram, s.requests, 0.99);
+                    (k, s)
+                })
+            })
+            .collect()
     }
 }
 

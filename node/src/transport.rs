@@ -7,7 +7,9 @@
 //! [`StreamHandler`] (RPC and pub/sub, as they land).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,15 +57,16 @@ pub mod close_code {
 
 /// Serves streams the transport does not handle itself (anything but registry sync).
 pub trait StreamHandler: Send + Sync + 'static {
-    /// Handles one stream of `kind` from the authenticated peer `from`; the preamble has been
-    /// read.
+    /// Serves one stream of `kind` from the authenticated peer `from`; the preamble has been
+    /// read. The transport runs the future in the stream's own task, which holds one of the
+    /// connection's stream permits until the future ends.
     fn handle(
         &self,
         kind: StreamKind,
         from: SocketAddr,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
-    );
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 #[derive(Default)]
@@ -281,7 +284,7 @@ async fn accept_streams(inner: Arc<Inner>, peer: SocketAddr, conn: quinn::Connec
                         debug!(%peer, error = %e, "registry sync refused");
                     }
                 }
-                (kind, Some(h)) => h.handle(kind, peer, send, recv),
+                (kind, Some(h)) => h.handle(kind, peer, send, recv).await,
                 (kind, None) => {
                     debug!(%peer, ?kind, "stream kind not served");
                     let (mut send, mut recv) = (send, recv);
