@@ -480,9 +480,19 @@ async fn the_published_directory_follows_the_registry() {
     let before = a.directory().revision();
     serve(&a, "Local").await;
     let dir = a.directory();
-    assert!(dir.revision() > before, "a visible change bumps the revision");
-    assert_eq!(dir.nodes_of("Local").len(), 1, "own change visible on return");
-    assert_eq!(dir.nodes_of("Local"), &a.nodes_of("Local").await.unwrap()[..]);
+    assert!(
+        dir.revision() > before,
+        "a visible change bumps the revision"
+    );
+    assert_eq!(
+        dir.nodes_of("Local").len(),
+        1,
+        "own change visible on return"
+    );
+    assert_eq!(
+        dir.nodes_of("Local"),
+        &a.nodes_of("Local").await.unwrap()[..]
+    );
 
     serve(&b, "Remote").await;
     b.update_record(|r| {
@@ -495,11 +505,17 @@ async fn the_published_directory_follows_the_registry() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.directory().nodes_of("Remote").is_empty() {
-        assert!(Instant::now() < deadline, "b's service never reached a's directory");
+        assert!(
+            Instant::now() < deadline,
+            "b's service never reached a's directory"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let dir = a.directory();
-    assert_eq!(dir.nodes_of("Remote"), &a.nodes_of("Remote").await.unwrap()[..]);
+    assert_eq!(
+        dir.nodes_of("Remote"),
+        &a.nodes_of("Remote").await.unwrap()[..]
+    );
     assert_eq!(
         dir.subscribers_of("news"),
         &a.subscribers_of("news").await.unwrap()[..]
@@ -518,7 +534,10 @@ async fn the_published_directory_follows_the_registry() {
     b.abort();
     let deadline = Instant::now() + config.detection_bound(2) + Duration::from_secs(1);
     while !a.directory().nodes_of("Remote").is_empty() {
-        assert!(Instant::now() < deadline, "a crashed node's service stayed in the directory");
+        assert!(
+            Instant::now() < deadline,
+            "a crashed node's service stayed in the directory"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(a.directory().subscribers_of("news").is_empty());

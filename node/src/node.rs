@@ -976,6 +976,9 @@ impl Node {
             ));
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
+        // A fire-and-forget publish may never wait on anything: without this, a loop of them
+        // would starve every other task of its thread (the links' writers among them).
+        tokio::task::consume_budget().await;
         let plan = Plan::new(self.inner.membership.directory().subscribers_of(topic));
         let mut tried: HashMap<String, HashSet<SocketAddr>> = HashMap::new();
         // First round: plain subscribers, and one random member of each group.
@@ -1023,10 +1026,9 @@ impl Node {
                         Err(_) => Ok(None),
                     }
                 } else {
-                    let wait = opts.ack.then_some(deadline);
                     self.inner
                         .links
-                        .send(node, header, body.clone(), wait)
+                        .send(node, header, body.clone(), deadline)
                         .await
                 };
                 match sent {

@@ -13,8 +13,9 @@
 //! of that node's subscriptions in the order they were published (one stream, read in order).
 //! Nothing is promised across publishers.
 //!
-//! **Bounds**: each link has a byte budget ([`LINK_BUDGET`]); fire-and-forget messages beyond it
-//! are dropped and reported, acknowledged ones wait for room within their timeout. Each
+//! **Bounds**: each link has a byte budget ([`LINK_BUDGET`]); a publish, fire-and-forget or
+//! acknowledged, waits for room on a full link (backpressure) within its timeout, and a link that
+//! stays full fails the publish for that node ([`PublishReport::failed`]). Each
 //! subscription has a bounded queue; a message that finds it full is dropped and counted
 //! ([`Subscription::dropped`]) and, if acknowledged, answered with a 429.
 
@@ -422,36 +423,29 @@ impl Links {
         link
     }
 
-    /// Queues a delivery to `peer`. Fire-and-forget (`wait` = `None`): fails at once if the link's
-    /// byte budget is spent. Otherwise waits for room until `wait` passes.
+    /// Queues a delivery to `peer`, waiting while the link's byte budget is spent (backpressure)
+    /// until `deadline`.
     pub(crate) async fn send(
         &self,
         peer: SocketAddr,
         header: PublishHeader,
         body: Bytes,
-        wait: Option<tokio::time::Instant>,
+        deadline: tokio::time::Instant,
     ) -> Result<Option<oneshot::Receiver<Result<(), RpcError>>>, RpcError> {
         let link = self.link(peer);
         let cost = u32::try_from(body.len().clamp(1, LINK_BUDGET)).unwrap_or(u32::MAX);
-        let permit = match wait {
-            None => link
-                .budget
-                .clone()
-                .try_acquire_many_owned(cost)
+        let budget = link.budget.clone();
+        let permit = match budget.clone().try_acquire_many_owned(cost) {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout_at(deadline, budget.acquire_many_owned(cost))
+                .await
                 .map_err(|_| {
                     RpcError::too_many_requests(
                         FRAMEWORK_ERROR_ID,
-                        format!("{peer}: publish link full (subscriber not keeping up)"),
+                        format!("{peer}: publish link full until the deadline (subscriber not keeping up)"),
                     )
-                })?,
-            Some(deadline) => {
-                tokio::time::timeout_at(deadline, link.budget.clone().acquire_many_owned(cost))
-                    .await
-                    .map_err(|_| {
-                        RpcError::timeout(FRAMEWORK_ERROR_ID, format!("{peer}: link full"))
-                    })?
-                    .map_err(|_| broken(peer, "link closed"))?
-            }
+                })?
+                .map_err(|_| broken(peer, "link closed"))?,
         };
         let (ack, rx) = if header.ack {
             let (tx, rx) = oneshot::channel();
@@ -541,9 +535,20 @@ async fn run_link(
             }
         })
     };
+    let mut acks = acks;
+    let mut acks_done = false;
     let mut seq = 0u64;
     let why = loop {
-        let Some(mut out) = rx.recv().await else {
+        // A reader that stops (the subscriber's node died, the stream broke) ends the link at
+        // once: deliveries waiting for their acks must fail now, not at their deadline.
+        let next = tokio::select! {
+            out = rx.recv() => out,
+            _ = &mut acks => {
+                acks_done = true;
+                break "ack stream closed".to_owned();
+            }
+        };
+        let Some(mut out) = next else {
             break "publisher gone".to_owned();
         };
         seq += 1;
@@ -585,9 +590,6 @@ async fn run_link(
         if let Err(e) = send.write_all(&buf).await {
             break e.to_string();
         }
-        if acks.is_finished() {
-            break "ack stream closed".to_owned();
-        }
     };
     is_broken.store(true, Ordering::Release);
     rx.close();
@@ -598,7 +600,9 @@ async fn run_link(
     }
     // Deliveries already written may still be acknowledged: give the reader a moment.
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
+    if !acks_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
+    }
     fail_all(&pending, &why);
 }
 

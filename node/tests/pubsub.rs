@@ -243,3 +243,72 @@ async fn unsubscribe_withdraws_and_wrappers_can_refuse() {
         .unwrap();
     assert!(r.delivered.is_empty() && r.failed.is_empty(), "{r:?}");
 }
+
+/// A fire-and-forget publisher in a tight loop, on the same single thread as everything else,
+/// outruns its link many times over (8 MiB of budget, 40 MiB published). Publishing waits for
+/// room instead of failing, so nothing is refused and every message arrives, in order.
+#[tokio::test(flavor = "current_thread")]
+async fn fire_and_forget_waits_for_a_congested_link_instead_of_dropping() {
+    let p = start("publisher", &[]).await;
+    let s = start_with_queue("s", &[p.addr()], 16_384).await;
+    let mut sub = s.subscribe::<(u64, pad::Pad)>("bulk").await.unwrap();
+    await_subscriptions(&p, "bulk", 1).await;
+    let n = 10_000u64;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while (got.len() as u64) < n {
+            let m = tokio::time::timeout(Duration::from_secs(20), sub.recv())
+                .await
+                .expect("a message within 20 s")
+                .expect("subscription open")
+                .expect("decodes");
+            got.push(m.body.0);
+        }
+        (got, sub.dropped())
+    });
+    let opts = PublishOptions::default().timeout(Duration::from_secs(20));
+    for i in 0..n {
+        let report = p
+            .publish("bulk", &(i, pad::Pad::new()), &opts)
+            .await
+            .unwrap();
+        assert!(report.failed.is_empty(), "{i}: {report:?}");
+    }
+    let (got, dropped) = reader.await.unwrap();
+    assert_eq!(dropped, 0);
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
+/// 4 KiB of padding that MessagePack encodes as one `bin` (serde's `Vec<u8>` would be an array).
+mod pad {
+    #[derive(Debug, Clone)]
+    pub(crate) struct Pad(Vec<u8>);
+
+    impl Pad {
+        pub(crate) fn new() -> Self {
+            Self(vec![0xab; 4096])
+        }
+    }
+
+    impl serde::Serialize for Pad {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Pad {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Pad;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<Pad, E> {
+                    Ok(Pad(v.to_vec()))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
