@@ -385,10 +385,12 @@ pub(crate) async fn attempt(
     if let Some(e) = reply.error {
         return Err(Failure::Reply(e));
     }
-    frames
+    let body = frames
         .next(&mut recv, FrameKind::Data, max_frame)
         .await
-        .map_err(|e| Failure::MaybeRun(unavailable(e)))
+        .map_err(|e| Failure::MaybeRun(unavailable(e)))?;
+    frames.end_if_arrived(&mut recv).await;
+    Ok(body)
 }
 
 /// Nodes already tried in this call.

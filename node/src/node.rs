@@ -626,19 +626,22 @@ impl Node {
         body: Bytes,
         opts: &CallOptions,
     ) -> Result<Bytes, RpcError> {
+        if self.inner.client_wrappers.is_empty() {
+            return self.select_and_call(service, endpoint, body, opts).await;
+        }
         let call = ClientCall {
             service: service.to_owned(),
             endpoint: endpoint.to_owned(),
             body,
             opts: opts.clone(),
         };
-        if self.inner.client_wrappers.is_empty() {
-            return self.select_and_call(call).await;
-        }
         let node = self.clone();
         let innermost: ClientNext = Arc::new(move |call: ClientCall| {
             let node = node.clone();
-            Box::pin(async move { node.select_and_call(call).await })
+            Box::pin(async move {
+                node.select_and_call(&call.service, &call.endpoint, call.body, &call.opts)
+                    .await
+            })
         });
         let chain = self
             .inner
@@ -653,14 +656,13 @@ impl Node {
     }
 
     /// Selection, attempts and retries of one call.
-    async fn select_and_call(&self, call: ClientCall) -> Result<Bytes, RpcError> {
-        let ClientCall {
-            service,
-            endpoint,
-            body,
-            opts,
-        } = call;
-        let (service, endpoint, opts) = (service.as_str(), endpoint.as_str(), &opts);
+    async fn select_and_call(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, RpcError> {
         if body.len() > DEFAULT_MAX_FRAME_LEN as usize {
             return Err(RpcError::bad_request(
                 FRAMEWORK_ERROR_ID,

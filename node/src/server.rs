@@ -478,6 +478,21 @@ impl FrameReader {
             }
         }
     }
+
+    /// Takes note of the end of the stream if it has already arrived (it usually comes in the
+    /// same packet as the last frame). A stream dropped before its end was read makes quinn send
+    /// STOP_SENDING, one more packet per call; this never waits.
+    pub(crate) async fn end_if_arrived(&mut self, recv: &mut quinn::RecvStream) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        let mut read = std::pin::pin!(recv.read_chunk(usize::MAX, true));
+        std::future::poll_fn(|cx| {
+            let _ = read.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
 }
 
 /// Writes `frames` (kind, payload) and finishes the stream.
@@ -514,6 +529,7 @@ async fn serve_unary(
         let body = frames
             .next(&mut recv, FrameKind::Data, router.max_frame)
             .await?;
+        frames.end_if_arrived(&mut recv).await;
         Ok::<_, String>((header, body))
     };
     let (header, body) = match tokio::time::timeout(HEADER_READ_TIMEOUT, read).await {
