@@ -245,7 +245,7 @@ async fn unsubscribe_withdraws_and_wrappers_can_refuse() {
 }
 
 /// A fire-and-forget publisher in a tight loop, on the same single thread as everything else,
-/// outruns its link many times over (8 MiB of budget, 40 MiB published). Publishing waits for
+/// outruns its link many times over (1 MiB of budget, 40 MiB published). Publishing waits for
 /// room instead of failing, so nothing is refused and every message arrives, in order.
 #[tokio::test(flavor = "current_thread")]
 async fn fire_and_forget_waits_for_a_congested_link_instead_of_dropping() {
