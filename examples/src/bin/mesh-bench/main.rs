@@ -38,6 +38,8 @@ struct Row {
     ack: Option<bool>,
     figures: Figures,
     ratio: f64,
+    /// p50 latency over the baseline's.
+    p50_ratio: f64,
 }
 
 pub(crate) struct Report {
@@ -79,8 +81,17 @@ impl Report {
     fn header(&self) {
         if !self.json {
             println!(
-                "{:<9} {:>6} {:>5} {:>5} {:>5} {:>12} {:>8} {:>8} {:>7}",
-                "bench", "size", "conc", "subs", "ack", "per second", "p50 µs", "p99 µs", "ratio"
+                "{:<9} {:>6} {:>5} {:>5} {:>5} {:>12} {:>8} {:>8} {:>7} {:>6}",
+                "bench",
+                "size",
+                "conc",
+                "subs",
+                "ack",
+                "per second",
+                "p50 µs",
+                "p99 µs",
+                "ratio",
+                "p50 ×"
             );
         }
     }
@@ -95,6 +106,7 @@ impl Report {
                 "p50_us": r.figures.p50_us,
                 "p99_us": r.figures.p99_us,
                 "ratio": (r.ratio * 1000.0).round() / 1000.0,
+                "p50_ratio": (r.p50_ratio * 1000.0).round() / 1000.0,
             });
             if let Some(s) = r.subscribers {
                 o["subscribers"] = s.into();
@@ -106,7 +118,7 @@ impl Report {
         } else {
             let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
             println!(
-                "{:<9} {:>6} {:>5} {:>5} {:>5} {:>12.0} {:>8} {:>8} {:>7.2}",
+                "{:<9} {:>6} {:>5} {:>5} {:>5} {:>12.0} {:>8} {:>8} {:>7.2} {:>6.2}",
                 r.bench,
                 r.size,
                 r.concurrency,
@@ -115,7 +127,8 @@ impl Report {
                 r.figures.per_s,
                 r.figures.p50_us,
                 r.figures.p99_us,
-                r.ratio
+                r.ratio,
+                r.p50_ratio
             );
         }
     }
@@ -229,6 +242,7 @@ async fn unary(s: &Settings, report: &Report) -> anyhow::Result<()> {
                     ack: None,
                     figures: f,
                     ratio: f.per_s / base.per_s,
+                    p50_ratio: f.p50_us as f64 / base.p50_us.max(1) as f64,
                 });
             }
         }
@@ -292,6 +306,7 @@ async fn stream(s: &Settings, report: &Report) -> anyhow::Result<()> {
             ack: None,
             figures: f,
             ratio: f.per_s / base.per_s,
+            p50_ratio: f.p50_us as f64 / base.p50_us.max(1) as f64,
         });
     }
     client.shutdown().await;
@@ -327,6 +342,7 @@ async fn pubsub(s: &Settings, report: &Report) -> anyhow::Result<()> {
             ack,
             figures: f,
             ratio: f.per_s / base.per_s,
+            p50_ratio: f.p50_us as f64 / base.p50_us.max(1) as f64,
         };
         report.row(&Row {
             concurrency: 1,
