@@ -127,3 +127,51 @@ fn three_greeter_processes_balance_and_survive_a_kill() {
     );
     assert!(out.iter().any(|l| l == "failures: 0"));
 }
+
+/// `mesh-bench --json` runs end to end (short runs, the unary and stream sections) and prints
+/// one JSON object per line with the fields the benchmark issue asks for, ratios included.
+#[test]
+fn mesh_bench_prints_json_lines_with_ratios() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .args([
+            "--json",
+            "--seconds",
+            "0.2",
+            "--only",
+            "unary,stream",
+            "--size",
+            "64",
+            "--concurrency",
+            "1",
+        ])
+        .output()
+        .expect("mesh-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let benches: Vec<&str> = rows.iter().filter_map(|r| r["bench"].as_str()).collect();
+    assert_eq!(
+        benches,
+        ["baseline", "unary", "baseline", "batched", "stream"]
+    );
+    for r in &rows {
+        for field in [
+            "size",
+            "concurrency",
+            "calls_per_s",
+            "p50_us",
+            "p99_us",
+            "ratio",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert!(r["calls_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(rows[0]["ratio"].as_f64(), Some(1.0));
+}
