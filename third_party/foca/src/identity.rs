@@ -34,7 +34,10 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    type Addr: PartialEq;
+    ///
+    /// mesh fork: `Eq + Hash` (upstream: `PartialEq`), so that the
+    /// member table can index members by address.
+    type Addr: Eq + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

@@ -4,6 +4,8 @@
 extern crate alloc;
 use alloc::vec::Vec;
 
+use hashbrown::HashMap;
+
 use rand::{
     RngExt,
     prelude::{IteratorRandom, SliceRandom},
@@ -133,16 +135,28 @@ impl<T> Member<T> {
     }
 }
 
-pub(crate) struct Members<T> {
-    pub(crate) inner: Vec<Member<T>>,
+pub(crate) struct Members<T: crate::Identity> {
+    inner: Vec<Member<T>>,
+    // mesh fork: the position in `inner` of the member at each address,
+    // so that finding a member is a lookup instead of a linear scan.
+    // Kept in step with every change of `inner`.
+    index: HashMap<T::Addr, usize>,
     cursor: usize,
     num_active: usize,
 }
 
 #[cfg(test)]
-impl<T> Members<T> {
+impl<T: crate::Identity> Members<T> {
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
+    }
+
+    // mesh fork: the index matches `inner` exactly.
+    pub(crate) fn assert_index_consistent(&self) {
+        assert_eq!(self.index.len(), self.inner.len());
+        for (pos, member) in self.inner.iter().enumerate() {
+            assert_eq!(self.index.get(&member.id.addr()), Some(&pos));
+        }
     }
 }
 
@@ -160,11 +174,43 @@ where
         //     inner is always empty outside of tests
         let num_active = inner.iter().filter(|member| member.is_active()).count();
 
-        Self {
+        let mut members = Self {
             cursor: 0,
             num_active,
             inner,
+            index: HashMap::new(),
+        };
+        members.rebuild_index();
+        members
+    }
+
+    // mesh fork: every member, in table order.
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &Member<T>> {
+        self.inner.iter()
+    }
+
+    // mesh fork: rebuilds the index after `inner` was reordered.
+    fn rebuild_index(&mut self) {
+        self.index.clear();
+        for (pos, member) in self.inner.iter().enumerate() {
+            // The first member at an address wins, as the linear scan did
+            self.index.entry(member.id.addr()).or_insert(pos);
         }
+    }
+
+    // mesh fork: the position of the member at `addr`, if any.
+    fn position(&self, addr: &T::Addr) -> Option<usize> {
+        self.index.get(addr).copied()
+    }
+
+    // mesh fork: swaps two members of `inner`, keeping the index in step.
+    fn swap(&mut self, a: usize, b: usize) {
+        if a == b {
+            return;
+        }
+        self.inner.swap(a, b);
+        self.index.insert(self.inner[a].id.addr(), a);
+        self.index.insert(self.inner[b].id.addr(), b);
     }
 
     // Next member that's considered active
@@ -173,6 +219,7 @@ where
         // Round-robin with a shuffle at the end
         if self.cursor >= self.inner.len() {
             self.inner.shuffle(&mut rng);
+            self.rebuild_index();
             self.cursor = 0;
         }
 
@@ -265,12 +312,17 @@ where
     }
 
     pub(crate) fn remove_if_down(&mut self, id: &T) -> Option<Member<T>> {
-        let position = self
-            .inner
-            .iter()
-            .position(|member| &member.id == id && member.state == State::Down);
+        let pos = self
+            .position(&id.addr())
+            .filter(|&pos| &self.inner[pos].id == id && self.inner[pos].state == State::Down)?;
 
-        position.map(|pos| self.inner.swap_remove(pos))
+        let removed = self.inner.swap_remove(pos);
+        self.index.remove(&removed.id.addr());
+        // The last member took the removed one's place
+        if let Some(moved) = self.inner.get(pos) {
+            self.index.insert(moved.id.addr(), pos);
+        }
+        Some(removed)
     }
 
     pub(crate) fn iter_active(&self) -> impl Iterator<Item = &Member<T>> {
@@ -278,9 +330,8 @@ where
     }
 
     pub(crate) fn is_active(&self, id: &T) -> bool {
-        self.inner
-            .iter()
-            .any(|member| &member.id == id && member.is_active())
+        self.position(&id.addr())
+            .is_some_and(|pos| &self.inner[pos].id == id && self.inner[pos].is_active())
     }
 
     pub(crate) fn apply_existing_if<F: Fn(&Member<T>) -> bool>(
@@ -289,9 +340,8 @@ where
         condition: F,
     ) -> Option<ApplySummary<T>> {
         if let Some(known_member) = self
-            .inner
-            .iter_mut()
-            .find(|member| member.id.addr() == update.id().addr())
+            .position(&update.id().addr())
+            .map(|pos| &mut self.inner[pos])
         {
             let id_conflict = known_member.id != update.id;
 
@@ -363,6 +413,7 @@ where
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
+                self.index.insert(update.id().addr(), self.inner.len());
                 self.inner.push(update);
                 let inserted_at = self.inner.len() - 1;
 
@@ -370,7 +421,7 @@ where
                     .choose(&mut rng)
                     .unwrap_or(inserted_at);
 
-                self.inner.swap(swap_idx, inserted_at);
+                self.swap(swap_idx, inserted_at);
 
                 if is_active_now {
                     self.num_active = self.num_active.saturating_add(1);
@@ -840,5 +891,39 @@ mod tests {
 
         assert_eq!(ConflictResult::Lost, summary.conflict,);
         assert!(!summary.apply_successful, "must not apply if conflict lost");
+    }
+
+    // mesh fork: the address index stays in step with the table through
+    // inserts, renames, removals and the shuffles of `next`.
+    #[test]
+    fn index_follows_every_change() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut members = Members::new(Vec::new());
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+
+        for round in 0..400usize {
+            let id = Id(ids[round.wrapping_mul(7) % ids.len()]);
+            match round % 5 {
+                0 | 1 => {
+                    let _ = members.apply(Member::alive(id), &mut rng);
+                }
+                2 => {
+                    let _ = members.apply(Member::down(id), &mut rng);
+                }
+                3 => {
+                    let _ = members.remove_if_down(&id);
+                }
+                _ => {
+                    let _ = members.next(&mut rng);
+                }
+            }
+            members.assert_index_consistent();
+
+            // Lookups agree with a linear scan
+            for id in ids.iter().copied().map(Id) {
+                let scanned = members.iter().any(|m| m.id() == &id && m.is_active());
+                assert_eq!(scanned, members.is_active(&id));
+            }
+        }
     }
 }
