@@ -107,6 +107,11 @@ impl Invalidates for &[u8] {
 pub(crate) struct Broadcasts<V> {
     flip: alloc::collections::BinaryHeap<Entry<V>>,
     flop: alloc::collections::BinaryHeap<Entry<V>>,
+    // mesh fork: no queued item is shorter than this (`usize::MAX` once the
+    // queue is empty), so that `fill` stops as soon as nothing else can fit
+    // instead of popping and pushing back every queued item for every
+    // message sent. What is sent is unchanged.
+    min_len: usize,
 }
 
 impl<T> Broadcasts<T>
@@ -117,6 +122,7 @@ where
         Self {
             flip: Default::default(),
             flop: Default::default(),
+            min_len: usize::MAX,
         }
     }
 
@@ -131,6 +137,7 @@ where
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
         debug_assert!(max_tx > 0);
         self.flip.retain(|node| !item.invalidates(&node.item));
+        self.min_len = self.min_len.min(data.len());
         self.flip.push(Entry {
             remaining_tx: max_tx,
             item,
@@ -147,7 +154,9 @@ where
         let mut num_taken = 0;
         let mut remaining = max_items;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        // mesh fork: no item left fits once fewer than `min_len` bytes remain
+        while buffer.has_remaining_mut() && remaining > 0 && buffer.remaining_mut() >= self.min_len
+        {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -167,6 +176,9 @@ where
         }
 
         self.flip.append(&mut self.flop);
+        if self.flip.is_empty() {
+            self.min_len = usize::MAX;
+        }
 
         num_taken
     }
@@ -184,7 +196,11 @@ where
         let mut num_taken = 0;
         let mut remaining = max_items;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        // mesh fork: no item left fits once fewer than `min_len` + 2 bytes remain
+        while buffer.has_remaining_mut()
+            && remaining > 0
+            && buffer.remaining_mut() >= self.min_len.saturating_add(2)
+        {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -206,6 +222,9 @@ where
         }
 
         self.flip.append(&mut self.flop);
+        if self.flip.is_empty() {
+            self.min_len = usize::MAX;
+        }
 
         num_taken
     }
@@ -393,5 +412,32 @@ mod tests {
         assert_eq!(&b"foo"[..], &buf[..3]);
         buf.advance(3);
         assert!(buf.is_empty());
+    }
+
+    // mesh fork: `fill` stops once nothing else fits, leaves the rest queued,
+    // and every item still goes out `max_tx` times in all.
+    #[test]
+    fn fill_stops_when_nothing_else_fits() {
+        let mut piggyback = Broadcasts::new();
+        for key in ["a", "b", "c", "d"] {
+            piggyback.add_or_replace(Key(key), key.repeat(4).into_bytes(), 2);
+        }
+
+        let mut limited = bytes::BytesMut::new().limit(10);
+        assert_eq!(2, piggyback.fill(&mut limited, usize::MAX));
+        assert_eq!(2, limited.remaining_mut());
+        assert_eq!(4, piggyback.len());
+
+        let mut sent = 2;
+        loop {
+            let mut buf = Vec::new();
+            let num_items = piggyback.fill(&mut buf, usize::MAX);
+            if num_items == 0 {
+                break;
+            }
+            sent += num_items;
+        }
+        assert_eq!(8, sent);
+        assert!(piggyback.is_empty());
     }
 }
