@@ -606,7 +606,7 @@ impl Membership {
         self.drain(now);
     }
 
-    /// Every member known, this node included, with its state.
+    /// Every member known, this node included, with its state, sorted by id.
     pub fn members(&self) -> Vec<MemberInfo> {
         let suspects: HashSet<MemberId> = self
             .foca
