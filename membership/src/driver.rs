@@ -134,9 +134,18 @@ impl MembershipHandle {
         &self,
         f: impl FnOnce(&mut Membership) -> R + Send + 'static,
     ) -> Result<R, Stopped> {
+        self.run_at(move |core, _| f(core)).await
+    }
+
+    /// Runs `f` on the core at the driver's current time; the answer is delivered once what `f`
+    /// changed has been published.
+    async fn run_at<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Membership, std::time::Instant) -> R + Send + 'static,
+    ) -> Result<R, Stopped> {
         let (tx, rx) = oneshot::channel();
-        let run: Query = Box::new(move |core, _| {
-            let answer = f(core);
+        let run: Query = Box::new(move |core, now| {
+            let answer = f(core, now);
             Box::new(move || {
                 let _ = tx.send(answer);
             })
@@ -190,18 +199,8 @@ impl MembershipHandle {
         &self,
         f: impl FnOnce(&mut NodeRecord) + Send + 'static,
     ) -> Result<(), Stopped> {
-        let (tx, rx) = oneshot::channel();
-        let run: Query = Box::new(move |core, now| {
-            core.update_record(now, f);
-            Box::new(move || {
-                let _ = tx.send(());
-            })
-        });
-        self.cmd_tx
-            .send(Command::Run(run))
+        self.run_at(move |core, now| core.update_record(now, f))
             .await
-            .map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)
     }
 
     /// A stream of registry changes from now on. A watcher more than [`WATCH_CAPACITY`] events
@@ -213,18 +212,7 @@ impl MembershipHandle {
     /// Leaves the cluster gracefully (the farewell is sent before this returns) and stops the
     /// driver.
     pub async fn leave(&self) -> Result<(), Stopped> {
-        let (tx, rx) = oneshot::channel();
-        let run: Query = Box::new(move |core, now| {
-            core.leave(now);
-            Box::new(move || {
-                let _ = tx.send(());
-            })
-        });
-        self.cmd_tx
-            .send(Command::Run(run))
-            .await
-            .map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)?;
+        self.run_at(|core, now| core.leave(now)).await?;
         self.shutdown().await;
         Ok(())
     }
