@@ -1,7 +1,7 @@
 //! Fault injection for real nodes: a UDP socket for quinn that loses datagrams, cuts links to
 //! chosen peers, or goes silent as a crashed process would.
 //!
-//! Every node of a chaos run gets a [`FaultySocket`] ([`NodeBuilder::socket_with_faults`](crate::NodeBuilder::socket_with_faults)).
+//! Every node of a chaos run gets a [`FaultySocket`] ([`NodeBuilder::udp_socket`](crate::NodeBuilder::udp_socket)).
 //! Faults act on sending: with every node's socket faulty, a cut between A and B drops what A sends
 //! to B and what B sends to A. Loss is drawn from a seeded RNG.
 

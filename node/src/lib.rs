@@ -58,31 +58,67 @@
 //! - **Built-ins** on every node: `mesh.Health`, `mesh.Info`, `mesh.Stats` ([`Node::call_node`]).
 //!
 //! The wire format is specified in `docs/PROTOCOL.md`.
+//!
+//! # Where things are
+//!
+//! Dependencies run one way, from the handle down to the wire:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`Node`], [`NodeBuilder`] (`node`, `builder`) | the handle, and wiring the parts together at start |
+//! | `builtins` | `mesh.Health`, `mesh.Info`, `mesh.Stats`, `mesh.Members`, `mesh.Registry` |
+//! | [`client`] | call options and wrappers, the balancer, one attempt, the sans-IO retry policy |
+//! | [`rpc`] | services, handlers, wrappers, the router, serving unary and streaming calls |
+//! | [`pubsub`] | local subscriptions, links to subscriber nodes, the sans-IO publish planner |
+//! | [`gossip`] | membership's transport: SWIM datagrams and registry syncs over QUIC |
+//! | [`connections`] | dialing, the connection cache, the accept loop, identity checks |
+//! | [`endpoint`], [`security`] | the quinn endpoint, mutual TLS and cluster credentials |
+//! | [`wire`], [`stats`] | frames on QUIC streams and close codes; per-endpoint statistics |
+//!
+//! - **A datagram enters** in `connections` (one reader task per connection), which hands it to
+//!   [`gossip::QuicTransport`]'s sink, which queues it for the membership driver
+//!   (`mesh_membership::MembershipHandle`), whose sans-IO core decodes it.
+//! - **The registry lives** in `mesh-membership`; calls and publishes read its published
+//!   [`Directory`](mesh_membership::Directory) through [`Node::membership`].
+//! - **A call is selected and retried** in `client::caller` (`Client::call_raw`), which asks
+//!   `client::policy` after every failed attempt.
+//! - **A publish fans out** in `pubsub::publish` (`Publisher::publish`), planned round by round by
+//!   `pubsub::plan`.
+//!
+//! # Features
+//!
+//! - `chaos` (off by default): [`chaos`], a fault-injecting UDP socket for chaos tests of real
+//!   nodes ([`NodeBuilder::udp_socket`]).
 #![deny(missing_docs)]
 
+mod builder;
+mod builtins;
+#[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod client;
+pub mod connections;
 pub mod endpoint;
+pub mod gossip;
 mod node;
 pub mod pubsub;
+pub mod rpc;
 pub mod security;
-pub mod server;
 pub mod stats;
-pub mod streaming;
-pub mod transport;
+pub mod wire;
 
+pub use crate::builder::{NodeBuilder, StartError};
+pub use crate::builtins::{Health, MemberView, NodeInfo};
 pub use crate::client::{CallOptions, ClientCall, ClientNext, ClientWrapper, Strategy};
-pub use crate::node::{
-    Health, MemberView, Node, NodeBuilder, NodeInfo, StartError, BUILTIN_SERVICE,
-};
+pub use crate::node::Node;
 pub use crate::pubsub::{
     Delivery, Message, PublishOptions, PublishReport, SubscriberNext, SubscriberWrapper,
     Subscription,
 };
+pub use crate::rpc::{
+    typed, CallStream, Handler, Inbound, Outbound, Request, Service, StreamingHandler, Wrapper,
+};
 pub use crate::security::Credentials;
-pub use crate::server::{typed, Handler, Request, Service, Wrapper};
-pub use crate::streaming::{CallStream, Inbound, Outbound, StreamingHandler};
-pub use mesh_protocol::{code, ContentType, RpcError};
+pub use mesh_protocol::{code, ContentType, RpcError, BUILTIN_SERVICE, FRAMEWORK_ERROR_ID};
 
 /// The README's code blocks, compiled as doctests so that they stay true.
 #[cfg(doctest)]

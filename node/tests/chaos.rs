@@ -45,7 +45,7 @@ async fn start_member(
         .credentials(Credentials::key("chaos").unwrap())
         .membership(MembershipConfig::local())
         .seeds(seed.into_iter().collect())
-        .socket_with_faults(socket.clone(), faults.clone())
+        .udp_socket(FaultySocket::new(socket.clone(), faults.clone()))
         .subscription_queue(100_000)
         .service(Service::new("Echo").idempotent_endpoint(
             "Get",
@@ -133,7 +133,7 @@ async fn five_nodes_survive_loss_a_crash_a_restart_and_a_partition_under_load() 
         .credentials(Credentials::key("chaos").unwrap())
         .membership(MembershipConfig::local())
         .seeds(vec![seed])
-        .socket_with_faults(socket(), client_faults.clone())
+        .udp_socket(FaultySocket::new(socket(), client_faults.clone()))
         .spawn()
         .await
         .unwrap();

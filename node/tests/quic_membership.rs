@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mesh_membership::{generation_now, Membership, MembershipConfig, MembershipHandle};
 use mesh_node::endpoint::{bind_socket, endpoint, EndpointConfig};
+use mesh_node::gossip::{QuicTransport, MAX_GOSSIP_DATAGRAM};
 use mesh_node::security::Credentials;
-use mesh_node::transport::{QuicTransport, MAX_GOSSIP_DATAGRAM};
 use mesh_protocol::{EndpointInfo, MemberId, ServiceInfo};
 
 fn node(name: &str, key: &str, seeds: &[SocketAddr]) -> MembershipHandle {

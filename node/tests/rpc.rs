@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_membership::MembershipConfig;
-use mesh_node::transport::close_code;
+use mesh_node::wire::close_code;
 use mesh_node::{
     code, typed, CallOptions, ContentType, Credentials, Health, Node, NodeInfo, RpcError, Service,
     BUILTIN_SERVICE,

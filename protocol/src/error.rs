@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `id` of errors raised by the framework itself, not by a handler. Only a 429 or 503 with this id
+/// means "refused before any handler ran"; a handler's own error with this id is re-labelled with
+/// its service's name (see `docs/PROTOCOL.md`).
+pub const FRAMEWORK_ERROR_ID: &str = "mesh";
+
 /// HTTP-like error codes used by mesh. Other values may appear on the wire and must be passed
 /// through unchanged by implementations that do not know them.
 pub mod code {

@@ -11,6 +11,10 @@ use crate::error::RpcError;
 /// is refused with [`CodecError::HeaderTooLarge`] before it is parsed.
 pub const DEFAULT_MAX_HEADER_LEN: usize = 64 * 1024;
 
+/// Service name of the endpoints every node serves (`mesh.Health`, `mesh.Info`, `mesh.Stats`,
+/// `mesh.Members`, `mesh.Registry`). They are not advertised in the registry.
+pub const BUILTIN_SERVICE: &str = "mesh";
+
 /// Longest service or endpoint name accepted (bytes of UTF-8).
 pub const MAX_NAME_LEN: usize = 256;
 

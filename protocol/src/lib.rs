@@ -49,13 +49,14 @@ pub mod header;
 pub mod registry;
 
 pub use codec::{from_msgpack, to_msgpack, CodecError, ContentType};
-pub use error::{code, RpcError};
+pub use error::{code, RpcError, FRAMEWORK_ERROR_ID};
 pub use frame::{
     encode_frame, Frame, FrameDecoder, FrameError, FrameHeader, FrameKind, Preamble, StreamKind,
     DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, MAGIC, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use header::{
-    CallHeader, PublishAck, PublishHeader, ReplyHeader, DEFAULT_MAX_HEADER_LEN, MAX_NAME_LEN,
+    CallHeader, PublishAck, PublishHeader, ReplyHeader, BUILTIN_SERVICE, DEFAULT_MAX_HEADER_LEN,
+    MAX_NAME_LEN,
 };
 pub use registry::{
     Digest, EndpointInfo, MemberId, NodeRecord, ServiceInfo, Subscription, SyncRequest,

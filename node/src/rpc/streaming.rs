@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mesh_protocol::{
     encode_frame, CallHeader, ContentType, FrameHeader, FrameKind, ReplyHeader, RpcError,
-    DEFAULT_MAX_HEADER_LEN, FRAME_HEADER_LEN,
+    DEFAULT_MAX_HEADER_LEN, FRAMEWORK_ERROR_ID, FRAME_HEADER_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::server::{read_frame, BoxFuture, Request, FRAMEWORK_ERROR_ID};
+use crate::rpc::handler::Request;
+use crate::wire::{read_frame, BoxFuture};
 
 /// Messages a handler may queue before `Outbound::send` waits for the stream.
 const OUTBOUND_QUEUE: usize = 16;
