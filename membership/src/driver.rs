@@ -103,17 +103,17 @@ impl MembershipHandle {
     }
 
     /// Binds `addr` on an in-memory network and spawns a node there (generation from
-    /// [`generation_now`](crate::generation_now), RNG seeded from the network's seed): the usual
-    /// set-up of tests.
+    /// [`generation_now`](crate::generation::generation_now), RNG seeded from the network's
+    /// seed): the usual set-up of tests.
     pub fn spawn_mem(
         net: &crate::transport::mem::MemNetwork,
         addr: SocketAddr,
         name: &str,
-        config: crate::MembershipConfig,
+        config: crate::config::MembershipConfig,
         seeds: &[SocketAddr],
     ) -> Self {
         let (transport, incoming) = net.bind(addr);
-        let generation = crate::generation_now();
+        let generation = crate::generation::generation_now();
         let seed = net.next_seed();
         let id = mesh_protocol::MemberId::new(addr, generation);
         Self::spawn(

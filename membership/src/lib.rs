@@ -16,6 +16,19 @@
 //! - [`MembershipHandle`] is the **tokio driver**: one task owns the core and delivers its timers
 //!   in deadline order (foca requires `SendIndirectProbe` before the next `ProbeRandomMember`).
 //!
+//! # Where things happen
+//!
+//! - A datagram enters at [`Membership::handle_datagram`]: its envelope is checked
+//!   ([`swim::open_envelope`]), foca handles the packet, and whatever foca produced is drained into
+//!   datagrams, timers and registry changes.
+//! - The registry (per address: the liveness SWIM reports and the newest record) is private to each
+//!   [`Membership`] and defined in [`registry`]; callers read it through lookups such as
+//!   [`Membership::nodes_of`], or a [`Directory`] built from it.
+//! - Syncs are asked for by [`Membership::poll_sync`] as [`SyncTask`]s, performed by a
+//!   [`Transport`] ([`sync`](transport::Transport::sync)) and answered through
+//!   [`Membership::handle_sync_response`]; a peer's request is served by
+//!   [`Membership::handle_sync_request`].
+//!
 //! # Identity
 //!
 //! A member is a [`MemberId`](mesh_protocol::MemberId): its advertised address and a
@@ -96,31 +109,13 @@
 pub mod config;
 mod core;
 pub mod driver;
+mod generation;
 pub mod registry;
 pub mod swim;
 pub mod transport;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 pub use crate::config::MembershipConfig;
 pub use crate::core::{Membership, Stats, SyncTask, Transmit};
 pub use crate::driver::{MembershipHandle, Stopped};
+pub use crate::generation::generation_now;
 pub use crate::registry::{Directory, Event, MemberInfo, MemberState, ServiceNode};
-
-/// A generation for a node starting now: microseconds since the Unix epoch, and strictly greater
-/// than any generation this process handed out before, so that a node restarted at the same
-/// address (even within the same microsecond, in tests) always wins over its predecessor.
-pub fn generation_now() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let mut prev = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = wall.max(prev + 1);
-        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(p) => prev = p,
-        }
-    }
-}

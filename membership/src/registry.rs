@@ -40,7 +40,7 @@ impl MemberState {
     }
 }
 
-/// A member as [`Membership::members`](crate::Membership::members) lists it.
+/// A member as `Membership::members` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
     /// Identity of this run of the node.
@@ -67,7 +67,7 @@ pub struct ServiceNode {
 /// What lookups need from the registry, built once per change: the nodes of each service and
 /// the subscribers of each topic. The driver publishes a new one after every change, and a
 /// client reads it without waiting on the driver task (see
-/// [`MembershipHandle::directory`](crate::MembershipHandle::directory)).
+/// `MembershipHandle::directory`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directory {
     revision: u64,
@@ -142,8 +142,8 @@ impl Directory {
     }
 }
 
-/// A change in the registry, as [`Membership::poll_event`](crate::Membership::poll_event) and the
-/// driver's `watch` stream report it.
+/// A change in the registry, as `Membership::poll_event` and the driver's `watch` stream report
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {

@@ -1,23 +1,11 @@
-//! What foca needs from us: the member identity, a binary codec for SWIM headers and member
-//! updates, the datagram envelope, and the custom-broadcast handler that carries registry items.
-//!
-//! All decoders here take bytes from the network: they check lengths before every read and return
-//! [`SwimDecodeError`], never panic.
+//! The member identity foca runs on ([`SwimId`]) and [`SwimCodec`], the binary codec for SWIM
+//! headers and member updates. Decoders check lengths before every read and never panic.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BufMut};
-use foca::{BroadcastHandler, Codec, Header, Incarnation, Invalidates, Member, Message, State};
-use mesh_protocol::{MemberId, NodeRecord};
-
-/// First two bytes of every membership datagram: ASCII `MG`.
-pub const DATAGRAM_MAGIC: [u8; 2] = *b"MG";
-/// Version of the membership datagram format.
-pub const DATAGRAM_VERSION: u8 = 1;
-/// Bytes of envelope before the SWIM packet: magic (2), version (1), cluster tag (4).
-pub const ENVELOPE_LEN: usize = 7;
+use foca::{Codec, Header, Incarnation, Member, Message, State};
+use mesh_protocol::MemberId;
 
 /// A newtype so foca's `Identity` can be implemented for the wire type [`MemberId`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,60 +31,6 @@ impl foca::Identity for SwimId {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.0.generation > adversary.0.generation
     }
-}
-
-/// The 32-bit tag of a cluster name (FNV-1a), carried in every datagram so that two clusters
-/// sharing a network ignore each other.
-pub fn cluster_tag(cluster: &str) -> u32 {
-    cluster.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// Writes the envelope for `tag`.
-pub fn write_envelope(tag: u32, out: &mut Vec<u8>) {
-    out.extend_from_slice(&DATAGRAM_MAGIC);
-    out.push(DATAGRAM_VERSION);
-    out.extend_from_slice(&tag.to_be_bytes());
-}
-
-/// Why a datagram was dropped before it reached foca.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum EnvelopeError {
-    /// Shorter than the envelope.
-    #[error("datagram shorter than the envelope")]
-    Truncated,
-    /// Not a mesh membership datagram.
-    #[error("bad magic")]
-    BadMagic,
-    /// A membership format version we do not speak.
-    #[error("unsupported membership datagram version {0}")]
-    Version(u8),
-    /// Another cluster's datagram.
-    #[error("datagram of another cluster (tag {0:08x})")]
-    OtherCluster(u32),
-}
-
-/// Checks the envelope and returns the SWIM packet after it.
-pub fn open_envelope(tag: u32, data: &[u8]) -> Result<&[u8], EnvelopeError> {
-    let Some((head, rest)) = data.split_first_chunk::<ENVELOPE_LEN>() else {
-        return Err(if data.len() >= 2 && data[..2] != DATAGRAM_MAGIC {
-            EnvelopeError::BadMagic
-        } else {
-            EnvelopeError::Truncated
-        });
-    };
-    if head[..2] != DATAGRAM_MAGIC {
-        return Err(EnvelopeError::BadMagic);
-    }
-    if head[2] != DATAGRAM_VERSION {
-        return Err(EnvelopeError::Version(head[2]));
-    }
-    let theirs = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
-    if theirs != tag {
-        return Err(EnvelopeError::OtherCluster(theirs));
-    }
-    Ok(rest)
 }
 
 /// Why SWIM bytes could not be decoded.
@@ -132,7 +66,7 @@ fn id_len(id: &MemberId) -> usize {
     }
 }
 
-fn put_id(id: &MemberId, out: &mut Vec<u8>) {
+pub(super) fn put_id(id: &MemberId, out: &mut Vec<u8>) {
     match id.addr.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
@@ -155,7 +89,7 @@ fn need(buf: &impl Buf, n: usize) -> Result<(), SwimDecodeError> {
     }
 }
 
-fn get_u8(buf: &mut impl Buf) -> Result<u8, SwimDecodeError> {
+pub(super) fn get_u8(buf: &mut impl Buf) -> Result<u8, SwimDecodeError> {
     buf.try_get_u8().map_err(|_| SwimDecodeError::Truncated)
 }
 
@@ -163,7 +97,7 @@ fn get_u16(buf: &mut impl Buf) -> Result<u16, SwimDecodeError> {
     buf.try_get_u16().map_err(|_| SwimDecodeError::Truncated)
 }
 
-fn get_u64(buf: &mut impl Buf) -> Result<u64, SwimDecodeError> {
+pub(super) fn get_u64(buf: &mut impl Buf) -> Result<u64, SwimDecodeError> {
     buf.try_get_u64().map_err(|_| SwimDecodeError::Truncated)
 }
 
@@ -342,164 +276,6 @@ impl Codec<SwimId> for SwimCodec {
     }
 }
 
-/// A registry item carried as a foca custom broadcast.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// "`id`'s record is at `version`": receivers holding less pull it.
-    Digest {
-        /// Record owner.
-        id: MemberId,
-        /// Current version.
-        version: u64,
-    },
-    /// A whole record, sent inline when it is small.
-    Record(NodeRecord),
-}
-
-const ITEM_DIGEST: u8 = 1;
-const ITEM_RECORD: u8 = 2;
-
-impl Item {
-    /// The owner and version the item speaks of.
-    pub fn key(&self) -> ItemKey {
-        match self {
-            Item::Digest { id, version } => ItemKey {
-                id: *id,
-                version: *version,
-            },
-            Item::Record(r) => ItemKey {
-                id: r.id,
-                version: r.version,
-            },
-        }
-    }
-
-    /// Encodes the item.
-    pub fn encode(&self) -> Result<Vec<u8>, mesh_protocol::CodecError> {
-        let mut out = Vec::new();
-        match self {
-            Item::Digest { id, version } => {
-                out.push(ITEM_DIGEST);
-                put_id(id, &mut out);
-                out.extend_from_slice(&version.to_be_bytes());
-            }
-            Item::Record(r) => {
-                out.push(ITEM_RECORD);
-                out.extend_from_slice(&r.encode()?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Decodes an item.
-    pub fn decode(mut data: &[u8]) -> Result<Self, ItemError> {
-        match get_u8(&mut data)? {
-            ITEM_DIGEST => {
-                let id = get_id(&mut data)?;
-                let version = get_u64(&mut data)?;
-                if !data.is_empty() {
-                    return Err(ItemError::Trailing);
-                }
-                Ok(Item::Digest { id, version })
-            }
-            ITEM_RECORD => Ok(Item::Record(NodeRecord::decode(data)?)),
-            tag => Err(SwimDecodeError::BadTag { what: "item", tag }.into()),
-        }
-    }
-}
-
-/// Why a registry item was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ItemError {
-    /// Bad framing.
-    #[error(transparent)]
-    Swim(#[from] SwimDecodeError),
-    /// Bad record.
-    #[error(transparent)]
-    Record(#[from] mesh_protocol::CodecError),
-    /// Bytes after a digest.
-    #[error("trailing bytes after digest")]
-    Trailing,
-}
-
-/// Identifies what a broadcast says: a newer version of the same address's record replaces any
-/// older item still queued for retransmission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ItemKey {
-    /// Record owner.
-    pub id: MemberId,
-    /// Version.
-    pub version: u64,
-}
-
-impl Invalidates for ItemKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.id.addr == other.id.addr
-            && (self.id.generation, self.version) >= (other.id.generation, other.version)
-    }
-}
-
-/// State shared between the broadcast handler (owned by foca) and the core: the newest
-/// `(generation, version)` heard of per address, and the items received since the last drain.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Highest `(generation, version)` heard of per address, from any source.
-    pub heard: HashMap<SocketAddr, (u64, u64)>,
-    /// Items received and not yet processed by the core, with the peer that sent them.
-    pub inbox: Vec<(Option<MemberId>, Item)>,
-}
-
-impl Shared {
-    /// Records that `(id, version)` is known; returns whether it is news.
-    pub fn hear(&mut self, id: MemberId, version: u64) -> bool {
-        let new = (id.generation, version);
-        match self.heard.get(&id.addr) {
-            Some(old) if *old >= new => false,
-            _ => {
-                self.heard.insert(id.addr, new);
-                true
-            }
-        }
-    }
-}
-
-/// Locks the shared state; a poisoned lock (a panic elsewhere) still holds consistent data
-/// because every critical section is a plain map or vec update.
-pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// foca's custom broadcast handler: decodes registry items, keeps only news, hands them to the
-/// core through [`Shared`].
-#[derive(Debug)]
-pub struct RegistryBroadcasts {
-    /// Shared with the core.
-    pub shared: Arc<Mutex<Shared>>,
-}
-
-impl BroadcastHandler<SwimId> for RegistryBroadcasts {
-    type Key = ItemKey;
-    type Error = ItemError;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        sender: Option<&SwimId>,
-    ) -> Result<Option<ItemKey>, ItemError> {
-        let item = Item::decode(data)?;
-        let key = item.key();
-        let mut shared = lock(&self.shared);
-        // Items we add ourselves (sender None) are always queued; received ones only when news.
-        if !shared.hear(key.id, key.version) && sender.is_some() {
-            return Ok(None);
-        }
-        if sender.is_some() {
-            shared.inbox.push((sender.map(|s| s.0), item));
-        }
-        Ok(Some(key))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,50 +354,6 @@ mod tests {
             c.decode_member(&[4, 127, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]),
             Err(SwimDecodeError::BadTag { what: "state", .. })
         ));
-    }
-
-    #[test]
-    fn envelope_checks() {
-        let tag = cluster_tag("mesh");
-        let mut d = Vec::new();
-        write_envelope(tag, &mut d);
-        d.push(0xAB);
-        assert_eq!(open_envelope(tag, &d), Ok(&[0xAB][..]));
-        assert_eq!(
-            open_envelope(cluster_tag("other"), &d),
-            Err(EnvelopeError::OtherCluster(tag))
-        );
-        assert_eq!(open_envelope(tag, &d[..3]), Err(EnvelopeError::Truncated));
-        assert_eq!(
-            open_envelope(tag, b"GET / HTTP"),
-            Err(EnvelopeError::BadMagic)
-        );
-        d[2] = 9;
-        assert_eq!(open_envelope(tag, &d), Err(EnvelopeError::Version(9)));
-    }
-
-    #[test]
-    fn items_round_trip_and_newer_invalidates_older() {
-        let digest = Item::Digest {
-            id: id(1, 3).0,
-            version: 4,
-        };
-        assert_eq!(Item::decode(&digest.encode().unwrap()).unwrap(), digest);
-        let rec = Item::Record(NodeRecord::new(id(1, 3).0, "n"));
-        assert_eq!(Item::decode(&rec.encode().unwrap()).unwrap(), rec);
-        assert!(Item::decode(&[9]).is_err());
-        assert!(Item::decode(&[]).is_err());
-        let newer = ItemKey {
-            id: id(1, 3).0,
-            version: 5,
-        };
-        assert!(newer.invalidates(&digest.key()));
-        assert!(!digest.key().invalidates(&newer));
-        assert!(ItemKey {
-            id: id(1, 4).0,
-            version: 0
-        }
-        .invalidates(&newer));
     }
 
     #[test]

@@ -65,7 +65,7 @@ async fn spread(
 
 pub(crate) async fn run() -> anyhow::Result<()> {
     // A throwaway key: these nodes only talk to each other.
-    let key = Credentials::key(super::new_key())?;
+    let key = Credentials::key(crate::keys::new_key())?;
     println!("mesh demo: four nodes in this process, on loopback, with a fresh cluster key\n");
     let seed = greeter("greeter-1", &key, vec![]).await?;
     let g2 = greeter("greeter-2", &key, vec![seed.addr()]).await?;
