@@ -126,6 +126,10 @@ pub(crate) struct CredArgs {
     /// This node's private key (CA mode).
     #[arg(long, env = "MESH_KEY")]
     pub(crate) key: Option<PathBuf>,
+    /// The cluster's gossip key (CA mode; default: gossip.key beside --ca-cert, as `ca init`
+    /// writes it).
+    #[arg(long, env = "MESH_GOSSIP_KEY")]
+    pub(crate) gossip_key: Option<PathBuf>,
     /// Cluster name.
     #[arg(long, env = "MESH_CLUSTER", default_value = DEFAULT_CLUSTER)]
     pub(crate) cluster: String,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use mesh_node::security::{CertificateAuthority, ClusterKey};
+use mesh_node::security::{CertificateAuthority, ClusterKey, GossipSecret};
 use mesh_node::Credentials;
 
 use crate::args::CredArgs;
@@ -60,7 +60,11 @@ fn create_key_file(path: &Path) -> std::io::Result<()> {
 /// missing, and said so in the log).
 pub(crate) fn credentials(c: &CredArgs) -> Result<Credentials, Failure> {
     if let (Some(ca), Some(cert), Some(key)) = (&c.ca_cert, &c.cert, &c.key) {
-        return Credentials::ca_from_pem_files(ca, cert, key).map_err(usage);
+        let gossip = match &c.gossip_key {
+            Some(g) => g.clone(),
+            None => ca.with_file_name(GOSSIP_KEY_FILE),
+        };
+        return Credentials::ca_from_pem_files(ca, cert, key, &gossip).map_err(usage);
     }
     if let Some(k) = ClusterKey::from_env() {
         return Ok(Credentials::Key(k.map_err(usage)?));
@@ -102,24 +106,36 @@ pub(crate) fn credentials(c: &CredArgs) -> Result<Credentials, Failure> {
     ))
 }
 
-/// `mesh-node ca init`: writes `ca.pem` and `ca.key` (private) into `dir`, never overwriting a CA.
+/// The gossip key file `ca init` writes beside the CA certificate, where nodes look for it.
+const GOSSIP_KEY_FILE: &str = "gossip.key";
+
+/// `mesh-node ca init`: writes `ca.pem`, `ca.key` (private) and `gossip.key` (private) into
+/// `dir`, never overwriting a CA.
 pub(crate) fn ca_init(dir: &Path) -> Result<(), Failure> {
     let ca = CertificateAuthority::generate("mesh cluster CA")?;
     let (cert, key) = ca.to_pem();
     std::fs::create_dir_all(dir).map_err(usage)?;
-    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-    if cert_path.exists() || key_path.exists() {
+    let (cert_path, key_path, gossip_path) = (
+        dir.join("ca.pem"),
+        dir.join("ca.key"),
+        dir.join(GOSSIP_KEY_FILE),
+    );
+    if cert_path.exists() || key_path.exists() || gossip_path.exists() {
         return Err(usage(anyhow::anyhow!(
             "{} already holds a CA: not overwriting it",
             dir.display()
         )));
     }
+    let gossip = GossipSecret::generate()?;
     std::fs::write(&cert_path, cert).map_err(usage)?;
     write_private(&key_path, &key).map_err(usage)?;
+    write_private(&gossip_path, &format!("{}\n", gossip.to_hex())).map_err(usage)?;
     println!(
-        "wrote {} (give it to every node) and {} (keep it safe)",
+        "wrote {} (give it to every node), {} (keep it safe) and {} (give it to every node, \
+         privately: it seals gossip)",
         cert_path.display(),
-        key_path.display()
+        key_path.display(),
+        gossip_path.display()
     );
     Ok(())
 }

@@ -16,8 +16,8 @@ use crate::client::balancer::Balancer;
 use crate::client::caller::Client;
 use crate::client::options::ClientWrapper;
 use crate::connections::{Connections, StreamHandler};
-use crate::endpoint::{bind_socket, endpoint_on, EndpointConfig, EndpointError};
-use crate::gossip::{QuicTransport, MAX_GOSSIP_DATAGRAM};
+use crate::endpoint::{bind_socket, EndpointConfig, EndpointError};
+use crate::gossip::{self, Started, MAX_GOSSIP_DATAGRAM};
 use crate::node::{Inner, Node};
 use crate::pubsub::links::Links;
 use crate::pubsub::local::Subscribers;
@@ -267,7 +267,6 @@ impl NodeBuilder {
         let tls = tokio::task::spawn_blocking(move || credentials.tls(&cluster, advertise))
             .await
             .map_err(|e| SecurityError::Load(e.to_string()))??;
-        let quic = endpoint_on(socket, &tls, &self.endpoint)?;
 
         let stats = Arc::new(Stats::default());
         let mut router = Router::new(self.max_in_flight, DEFAULT_MAX_FRAME_LEN, stats.clone());
@@ -290,14 +289,20 @@ impl NodeBuilder {
         let router = Arc::new(router);
         let subscribers = Arc::new(Subscribers::new(self.subscriber_wrappers));
 
-        let (transport, incoming) = QuicTransport::start(
-            quic.clone(),
+        let Started {
+            transport,
+            incoming,
+            endpoint: quic,
+        } = gossip::start(
+            socket,
+            &tls,
+            &self.endpoint,
             advertise,
             Some(Arc::new(Streams {
                 router: router.clone(),
                 subscribers: subscribers.clone(),
             })),
-        );
+        )?;
         let connections = transport.connections().clone();
         let mut mconfig = self.membership;
         mconfig.max_datagram_size = mconfig.max_datagram_size.min(MAX_GOSSIP_DATAGRAM);

@@ -13,13 +13,15 @@ pub struct EndpointConfig {
     ///
     /// There is no keep-alive (idle connections are meant to close), so a call whose handler runs
     /// longer than this while nothing else crosses that connection is cut: set it above the
-    /// longest deadline you use. Gossip keeps connections between live members busy.
+    /// longest deadline you use. Gossip does not use connections: it rides plain UDP datagrams on
+    /// the same port ([`crate::socket`]).
     pub idle_timeout: Duration,
     /// Bidirectional streams a peer may have open towards us at once (calls, syncs).
     pub max_concurrent_bidi_streams: u32,
     /// Unidirectional streams a peer may have open towards us at once (pub/sub deliveries).
     pub max_concurrent_uni_streams: u32,
-    /// Receive buffer for QUIC datagrams (gossip), in bytes; older datagrams are dropped beyond it.
+    /// Receive buffer for QUIC datagrams, in bytes; older datagrams are dropped beyond it. mesh
+    /// itself sends none (gossip is plain UDP beside QUIC).
     pub datagram_receive_buffer: usize,
 }
 
@@ -40,8 +42,8 @@ impl EndpointConfig {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .map_err(|e| SecurityError::Load(format!("idle timeout: {e}")))?;
         t.max_idle_timeout(Some(idle));
-        // No keep-alive: gossip keeps connections to live members busy, and a connection nobody
-        // uses is closed after `idle_timeout` and reopened on demand.
+        // No keep-alive: a connection nobody uses is closed after `idle_timeout` and reopened on
+        // demand.
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into());
         t.max_concurrent_uni_streams(self.max_concurrent_uni_streams.into());
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
@@ -82,8 +84,12 @@ pub fn endpoint_on(
         .map_err(|e| SecurityError::Load(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    // Every QUIC packet then has the fixed bit (0x40) set, which is how the shared port tells it
+    // from a gossip datagram (see `crate::socket`).
+    endpoint_config.grease_quic_bit(false);
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

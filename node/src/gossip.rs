@@ -1,85 +1,119 @@
-//! Membership over the node's QUIC connections: SWIM gossip as QUIC datagrams, registry syncs on
-//! `RegistrySync` streams. This is the [`Transport`] the membership driver runs on.
+//! Membership on the node's transport: SWIM gossip as plain UDP datagrams on the node's one port
+//! (beside QUIC, see [`crate::socket`]), registry syncs on `RegistrySync` QUIC streams. This is the
+//! [`Transport`] the membership driver runs on.
 //!
-//! Gossip from a peer is attributed to the address in its certificate, and the membership core is
-//! told to require that a SWIM packet's source is that address. Streams of other kinds are passed
-//! on to the node's own [`StreamHandler`] (RPC and pub/sub).
+//! Gossip never opens a QUIC connection, so what a node spends on SWIM does not grow with the
+//! cluster: a probe is one datagram, as in memberlist. Datagrams are sealed with the cluster's
+//! gossip key by the membership core; QUIC connections carry only streams (syncs, calls, pub/sub),
+//! and their peers are authenticated by their certificates. Streams of other kinds than
+//! `RegistrySync` are passed on to the node's own [`StreamHandler`] (RPC and pub/sub).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mesh_membership::transport::{
-    read_frame, write_frame, Incoming, SyncFuture, Transport, TransportError,
+    read_frame, write_frame, Incoming, SyncFuture, Transport, TransportError, INCOMING_CAPACITY,
 };
 use mesh_protocol::{from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::connections::{Connections, StreamHandler};
+use crate::connections::{Connections, DatagramSink, StreamHandler};
+use crate::endpoint::{endpoint_on, EndpointConfig, EndpointError};
+use crate::security::NodeTls;
+use crate::socket::{GossipSender, SocketStats, SplitSocket};
 use crate::wire::{close_code, refuse, BoxFuture};
 
 /// Largest registry sync frame accepted (16 MiB).
 pub const MAX_SYNC_FRAME: u32 = 16 * 1024 * 1024;
-/// Largest gossip datagram this transport asks membership to send: fits QUIC's datagram frame in
-/// a 1200-byte initial path MTU with room for QUIC's own headers.
-pub const MAX_GOSSIP_DATAGRAM: usize = 1100;
-/// Datagrams queued for a peer while its connection is being set up; more are dropped.
-const PENDING_PER_PEER: usize = 64;
+/// Largest gossip datagram this transport asks membership to send (as memberlist's
+/// `UDPBufferSize`): fits a 1500-byte Ethernet MTU under IPv6 and UDP headers.
+pub const MAX_GOSSIP_DATAGRAM: usize = 1400;
 /// Time allowed to read a sync request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The membership transport over a node's QUIC connections.
+/// The membership transport of a node: datagrams on its UDP socket, syncs on its connections.
 #[derive(Clone)]
-pub struct QuicTransport {
+pub struct GossipTransport {
     connections: Connections,
-    /// Datagrams waiting for a connection being set up.
-    pending: Arc<Mutex<HashMap<SocketAddr, Vec<Bytes>>>>,
+    sender: GossipSender,
+    stats: Arc<SocketStats>,
 }
 
-impl std::fmt::Debug for QuicTransport {
+impl std::fmt::Debug for GossipTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicTransport")
+        f.debug_struct("GossipTransport")
             .field("addr", &self.connections.local_addr())
             .finish_non_exhaustive()
     }
 }
 
-impl QuicTransport {
-    /// Starts accepting connections on `endpoint` for the node advertised at `addr`. Membership
-    /// traffic arrives on the returned channel; streams of other kinds go to `streams` (refused if
-    /// `None`).
-    pub fn start(
-        endpoint: quinn::Endpoint,
-        addr: SocketAddr,
-        streams: Option<Arc<dyn StreamHandler>>,
-    ) -> (Self, mpsc::Receiver<Incoming>) {
-        let (tx, rx) = mpsc::channel(mesh_membership::transport::INCOMING_CAPACITY);
-        let datagrams = {
-            let tx = tx.clone();
-            Arc::new(move |from: SocketAddr, data: Bytes| {
-                if tx.try_send(Incoming::Datagram { from, data }).is_err() {
-                    debug!(peer = %from, "membership queue full: datagram dropped");
-                }
-            })
-        };
-        let streams = Arc::new(Streams {
-            incoming: tx,
-            others: streams,
-        });
-        let connections = Connections::start(endpoint, addr, streams, datagrams);
-        let transport = Self {
-            connections,
-            pending: Arc::default(),
-        };
-        (transport, rx)
-    }
+/// A node's transport, started: what the builder (or a test) wires together.
+#[derive(Debug)]
+pub struct Started {
+    /// The membership transport.
+    pub transport: GossipTransport,
+    /// Membership traffic: gossip datagrams from the socket and sync requests from streams.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// The QUIC endpoint on the same socket.
+    pub endpoint: quinn::Endpoint,
+}
 
-    /// The connections this transport gossips over, which calls and pub/sub share.
+/// Starts a node's transport on `socket` for the node advertised at `addr`: the QUIC endpoint
+/// (mutual TLS with `tls`), the split of the socket between QUIC and gossip, and the accept loop.
+/// Streams of other kinds than `RegistrySync` go to `streams` (refused if `None`). Must run
+/// inside a tokio runtime.
+pub fn start(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    tls: &NodeTls,
+    config: &EndpointConfig,
+    addr: SocketAddr,
+    streams: Option<Arc<dyn StreamHandler>>,
+) -> Result<Started, EndpointError> {
+    let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
+    let stats = Arc::new(SocketStats::default());
+    let sink: DatagramSink = {
+        let (tx, stats) = (tx.clone(), stats.clone());
+        Arc::new(move |from: SocketAddr, data: Bytes| {
+            if tx.try_send(Incoming::Datagram { from, data }).is_err() {
+                stats
+                    .gossip_in_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(peer = %from, "membership queue full: datagram dropped");
+            }
+        })
+    };
+    let (split, sender) = SplitSocket::new(socket, sink, stats.clone());
+    let endpoint = endpoint_on(split, tls, config)?;
+    let streams = Arc::new(Streams {
+        incoming: tx,
+        others: streams,
+    });
+    // Nothing is sent as QUIC datagrams any more: whatever a peer sends that way is dropped.
+    let ignore: DatagramSink = Arc::new(|from, _| debug!(peer = %from, "QUIC datagram ignored"));
+    let connections = Connections::start(endpoint.clone(), addr, streams, ignore);
+    Ok(Started {
+        transport: GossipTransport {
+            connections,
+            sender,
+            stats,
+        },
+        incoming: rx,
+        endpoint,
+    })
+}
+
+impl GossipTransport {
+    /// The connections syncs ride on, which calls and pub/sub share.
     pub fn connections(&self) -> &Connections {
         &self.connections
+    }
+
+    /// Counters of the shared UDP port.
+    pub fn socket_stats(&self) -> &SocketStats {
+        &self.stats
     }
 }
 
@@ -156,13 +190,7 @@ fn proto(e: impl std::fmt::Display) -> TransportError {
     TransportError::Protocol(e.to_string())
 }
 
-fn send_now(conn: &quinn::Connection, to: SocketAddr, data: Bytes) {
-    if let Err(e) = conn.send_datagram(data) {
-        debug!(%to, error = %e, "gossip datagram not sent");
-    }
-}
-
-impl Transport for QuicTransport {
+impl Transport for GossipTransport {
     fn local_addr(&self) -> SocketAddr {
         self.connections.local_addr()
     }
@@ -172,39 +200,7 @@ impl Transport for QuicTransport {
     }
 
     fn send_datagram(&self, to: SocketAddr, data: Bytes) {
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = self.connections.cached(to) {
-                drop(pending);
-                send_now(&c, to, data);
-                return;
-            }
-            // Queue behind a connection attempt; only the first datagram starts one.
-            let queue = pending.entry(to).or_default();
-            if queue.len() >= PENDING_PER_PEER {
-                return;
-            }
-            queue.push(data);
-            if queue.len() > 1 {
-                return;
-            }
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let conn = this.connections.connection(to).await;
-            let queued = this
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&to)
-                .unwrap_or_default();
-            match conn {
-                Ok(c) => queued.into_iter().for_each(|d| send_now(&c, to, d)),
-                Err(e) => {
-                    debug!(%to, error = %e, dropped = queued.len(), "gossip peer unreachable")
-                }
-            }
-        });
+        self.sender.send(to, data);
     }
 
     fn sync(&self, to: SocketAddr, request: SyncRequest) -> SyncFuture {

@@ -1,8 +1,8 @@
 //! The mesh node: what applications embed.
 //!
 //! A [`Node`] is one process in a mesh: one UDP port, one `quinn` endpoint, mutual TLS with every
-//! peer. It gossips membership and the service registry (`mesh-membership`) as QUIC datagrams,
-//! pulls registry records and serves RPC on bidirectional streams, and finds the nodes of a
+//! peer. It gossips membership and the service registry (`mesh-membership`) as sealed UDP
+//! datagrams on the same port, pulls registry records and serves RPC on bidirectional streams, and finds the nodes of a
 //! service by name, with no registry server.
 //!
 //! # A service and its client
@@ -70,14 +70,16 @@
 //! | [`client`] | call options and wrappers, the balancer, one attempt, the sans-IO retry policy |
 //! | [`rpc`] | services, handlers, wrappers, the router, serving unary and streaming calls |
 //! | [`pubsub`] | local subscriptions, links to subscriber nodes, the sans-IO publish planner |
-//! | [`gossip`] | membership's transport: SWIM datagrams and registry syncs over QUIC |
+//! | [`socket`] | the one UDP port: QUIC and gossip datagrams told apart by the first byte |
+//! | [`gossip`] | membership's transport: SWIM datagrams on the port, registry syncs on QUIC |
 //! | [`connections`] | dialing, the connection cache, the accept loop, identity checks |
 //! | [`endpoint`], [`security`] | the quinn endpoint, mutual TLS and cluster credentials |
 //! | [`wire`], [`stats`] | frames on QUIC streams and close codes; per-endpoint statistics |
 //!
-//! - **A datagram enters** in `connections` (one reader task per connection), which hands it to
-//!   [`gossip::QuicTransport`]'s sink, which queues it for the membership driver
-//!   (`mesh_membership::MembershipHandle`), whose sans-IO core decodes it.
+//! - **A datagram enters** in [`socket::SplitSocket::poll_recv`], polled by quinn's endpoint
+//!   driver: QUIC goes on to quinn, a gossip datagram to the sink [`gossip::start`] set up, which
+//!   queues it for the membership driver (`mesh_membership::MembershipHandle`), whose sans-IO core
+//!   opens and decodes it.
 //! - **The registry lives** in `mesh-membership`; calls and publishes read its published
 //!   [`Directory`](mesh_membership::Directory) through [`Node::membership`].
 //! - **A call is selected and retried** in `client::caller` (`Client::call_raw`), which asks
@@ -103,6 +105,7 @@ mod node;
 pub mod pubsub;
 pub mod rpc;
 pub mod security;
+pub mod socket;
 pub mod stats;
 pub mod wire;
 

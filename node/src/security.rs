@@ -120,6 +120,81 @@ impl ClusterKey {
     }
 }
 
+/// The 256-bit secret that seals gossip datagrams (AES-256-GCM, see `docs/PROTOCOL.md`).
+///
+/// In cluster-key mode every node derives it from the cluster key ([`Credentials::gossip_secrets`]);
+/// in cluster-CA mode it is shared like Consul's `encrypt` key: `mesh-node ca init` writes one
+/// (`gossip.key`) beside the CA, and every node is given it. Its `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GossipSecret([u8; 32]);
+
+impl std::fmt::Debug for GossipSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipSecret(..)")
+    }
+}
+
+impl GossipSecret {
+    /// A secret from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A new random secret from the operating system's RNG.
+    pub fn generate() -> Result<Self, SecurityError> {
+        let mut raw = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| SecurityError::Load("the OS random number generator failed".into()))?;
+        Ok(Self(raw))
+    }
+
+    /// A secret from 64 hexadecimal digits (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<Self, SecurityError> {
+        let text = text.trim();
+        let bad = || SecurityError::Load("a gossip key is 64 hexadecimal digits".into());
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut raw = [0u8; 32];
+        for (i, b) in raw.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(raw))
+    }
+
+    /// The secret in a file of 64 hexadecimal digits.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SecurityError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SecurityError::Load(format!("{}: {e}", path.display())))?;
+        Self::from_hex(&text).map_err(|e| SecurityError::Load(format!("{}: {e}", path.display())))
+    }
+
+    /// The secret as 64 lowercase hexadecimal digits, as [`from_hex`](Self::from_hex) reads it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The gossip secret of a cluster-key cluster: HKDF-SHA256 of the stretched key (the CA
+    /// seed), salt `mesh gossip key v1`, info the cluster name.
+    fn derived(key: &ClusterKey, cluster: &str) -> Self {
+        use ring::hkdf;
+        let seed = key.ca_seed(cluster);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mesh gossip key v1").extract(&seed);
+        let mut raw = [0u8; 32];
+        let info = [cluster.as_bytes()];
+        // The output length (32) is HKDF-SHA256's own: expand and fill cannot fail.
+        if let Ok(okm) = prk.expand(&info, hkdf::HKDF_SHA256) {
+            let _ = okm.fill(&mut raw);
+        }
+        Self(raw)
+    }
+}
+
 /// A cluster CA: issues node certificates. Operators create one with
 /// [`generate`](Self::generate) and keep its key offline; a cluster-key cluster derives one from
 /// the key.
@@ -266,6 +341,8 @@ pub enum Credentials {
         cert: CertificateDer<'static>,
         /// This node's private key.
         key: Arc<PrivateKeyDer<'static>>,
+        /// The gossip secrets: the first seals, every one opens (several during a rotation).
+        gossip: Vec<GossipSecret>,
     },
 }
 
@@ -275,25 +352,47 @@ impl Credentials {
         ClusterKey::new(secret).map(Self::Key)
     }
 
-    /// Cluster-CA credentials.
+    /// Cluster-CA credentials, with the cluster's gossip secret.
     pub fn ca(
         ca_cert: CertificateDer<'static>,
         cert: CertificateDer<'static>,
         key: PrivateKeyDer<'static>,
+        gossip: GossipSecret,
     ) -> Self {
         Self::Ca {
             ca_cert,
             cert,
             key: Arc::new(key),
+            gossip: vec![gossip],
         }
     }
 
-    /// Cluster-CA credentials from PEM files: the CA certificate, this node's certificate and
-    /// its private key.
+    /// During a gossip key rotation (CA mode): datagrams sealed with `old` still open. Has no
+    /// effect in cluster-key mode, whose one gossip secret follows the cluster key.
+    pub fn also_open_with(mut self, old: GossipSecret) -> Self {
+        if let Self::Ca { gossip, .. } = &mut self {
+            if !gossip.contains(&old) {
+                gossip.push(old);
+            }
+        }
+        self
+    }
+
+    /// The gossip secrets of a node of `cluster`: the first seals, every one opens.
+    pub fn gossip_secrets(&self, cluster: &str) -> Vec<GossipSecret> {
+        match self {
+            Self::Key(k) => vec![GossipSecret::derived(k, cluster)],
+            Self::Ca { gossip, .. } => gossip.clone(),
+        }
+    }
+
+    /// Cluster-CA credentials from files: the CA certificate, this node's certificate and
+    /// its private key (PEM), and the gossip secret (64 hex digits).
     pub fn ca_from_pem_files(
         ca_cert: &std::path::Path,
         cert: &std::path::Path,
         key: &std::path::Path,
+        gossip: &std::path::Path,
     ) -> Result<Self, SecurityError> {
         use rustls::pki_types::pem::PemObject;
         let load = |p: &std::path::Path, e: rustls::pki_types::pem::Error| {
@@ -303,6 +402,7 @@ impl Credentials {
             CertificateDer::from_pem_file(ca_cert).map_err(|e| load(ca_cert, e))?,
             CertificateDer::from_pem_file(cert).map_err(|e| load(cert, e))?,
             PrivateKeyDer::from_pem_file(key).map_err(|e| load(key, e))?,
+            GossipSecret::from_file(gossip)?,
         ))
     }
 
@@ -314,9 +414,9 @@ impl Credentials {
                 let node = ca.issue("mesh node", &[advertise])?;
                 (ca.cert.clone(), node.cert, node.key)
             }
-            Credentials::Ca { ca_cert, cert, key } => {
-                (ca_cert.clone(), cert.clone(), key.clone_key())
-            }
+            Credentials::Ca {
+                ca_cert, cert, key, ..
+            } => (ca_cert.clone(), cert.clone(), key.clone_key()),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
@@ -485,6 +585,22 @@ mod tests {
     }
 
     #[test]
+    fn the_gossip_secret_follows_the_key_and_the_cluster_and_hides_itself() {
+        let g = |k: &str, c: &str| Credentials::key(k).unwrap().gossip_secrets(c);
+        assert_eq!(g("correct horse", "mesh"), g("correct horse", "mesh"));
+        assert_ne!(g("correct horse", "mesh"), g("battery staple", "mesh"));
+        assert_ne!(g("correct horse", "mesh"), g("correct horse", "other"));
+        // Not the CA seed itself: knowing the gossip secret tells nothing of the CA key.
+        let k = ClusterKey::new("correct horse").unwrap();
+        assert_ne!(g("correct horse", "mesh")[0].as_bytes(), &k.ca_seed("mesh"));
+        let s = GossipSecret::generate().unwrap();
+        assert_eq!(GossipSecret::from_hex(&s.to_hex()).unwrap(), s);
+        assert!(GossipSecret::from_hex("abc").is_err());
+        assert!(GossipSecret::from_hex(&"é".repeat(32)).is_err());
+        assert_eq!(format!("{s:?}"), "GossipSecret(..)");
+    }
+
+    #[test]
     fn issued_certificates_name_the_node_address() {
         let ca = CertificateAuthority::generate("test CA").unwrap();
         let addr: SocketAddr = "127.0.0.1:7946".parse().unwrap();
@@ -506,8 +622,12 @@ mod tests {
         std::fs::write(&cap, &cert_pem).unwrap();
         std::fs::write(&cp, c).unwrap();
         std::fs::write(&kp, k).unwrap();
-        let creds = Credentials::ca_from_pem_files(&cap, &cp, &kp).unwrap();
+        let gp = dir.join("gossip.key");
+        let gossip = GossipSecret::generate().unwrap();
+        std::fs::write(&gp, format!("{}\n", gossip.to_hex())).unwrap();
+        let creds = Credentials::ca_from_pem_files(&cap, &cp, &kp, &gp).unwrap();
         creds.tls("mesh", addr).unwrap();
+        assert_eq!(creds.gossip_secrets("mesh"), vec![gossip]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_node::endpoint::{bind_socket, endpoint as quic_endpoint, EndpointConfig};
-use mesh_node::security::{peer_addr, CertificateAuthority, Credentials, CLUSTER_SERVER_NAME};
+use mesh_node::security::{
+    peer_addr, CertificateAuthority, Credentials, GossipSecret, CLUSTER_SERVER_NAME,
+};
+
+/// These tests are about TLS admission only; gossip is not involved.
+fn gossip() -> GossipSecret {
+    GossipSecret::from_bytes([1; 32])
+}
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -113,7 +120,11 @@ async fn cluster_ca_admits_its_nodes_and_refuses_another_ca() {
         let ca_cert = ca.cert_der().clone();
         let (s, addr) = socket();
         let node = ca.issue("n", &[addr]).unwrap();
-        (s, addr, Credentials::ca(ca_cert, node.cert, node.key))
+        (
+            s,
+            addr,
+            Credentials::ca(ca_cert, node.cert, node.key, gossip()),
+        )
     };
     let build = |(s, addr, creds): (std::net::UdpSocket, SocketAddr, Credentials)| {
         let tls = creds.tls("mesh", addr).unwrap();
@@ -139,7 +150,7 @@ async fn cluster_ca_admits_its_nodes_and_refuses_another_ca() {
         build((
             s,
             addr,
-            Credentials::ca(ca.cert_der().clone(), node.cert, node.key),
+            Credentials::ca(ca.cert_der().clone(), node.cert, node.key, gossip()),
         ))
     };
     let (dialed, accepted) = connect(&mixed, &a).await;
@@ -154,7 +165,7 @@ async fn a_ca_rebuilt_from_its_key_file_issues_certificates_that_chain() {
     let node = |issuer: &CertificateAuthority| {
         let (s, addr) = socket();
         let cert = issuer.issue("n", &[addr]).unwrap();
-        let tls = Credentials::ca(ca.cert_der().clone(), cert.cert, cert.key)
+        let tls = Credentials::ca(ca.cert_der().clone(), cert.cert, cert.key, gossip())
             .tls("mesh", addr)
             .unwrap();
         quic_endpoint(s, &tls, &EndpointConfig::default()).unwrap()

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_membership::{generation_now, Membership, MembershipConfig, MembershipHandle};
-use mesh_node::endpoint::{bind_socket, endpoint, EndpointConfig};
-use mesh_node::gossip::{QuicTransport, MAX_GOSSIP_DATAGRAM};
+use mesh_node::endpoint::{bind_socket, EndpointConfig};
+use mesh_node::gossip::{self, MAX_GOSSIP_DATAGRAM};
 use mesh_node::security::Credentials;
 use mesh_protocol::{EndpointInfo, MemberId, ServiceInfo};
 
@@ -19,8 +19,9 @@ fn node(name: &str, key: &str, seeds: &[SocketAddr]) -> MembershipHandle {
     let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
     let tls = Credentials::key(key).unwrap().tls("mesh", addr).unwrap();
-    let ep = endpoint(socket, &tls, &EndpointConfig::default()).unwrap();
-    let (transport, incoming) = QuicTransport::start(ep, addr, None);
+    let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).unwrap();
+    let started = gossip::start(socket, &tls, &EndpointConfig::default(), addr, None).unwrap();
+    let (transport, incoming) = (started.transport, started.incoming);
     let mut config = MembershipConfig::local();
     config.max_datagram_size = MAX_GOSSIP_DATAGRAM;
     let id = MemberId::new(addr, generation_now());

@@ -632,7 +632,12 @@ async fn handler_and_client_wrappers_compose() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ca_nodes_work_and_another_cas_node_can_neither_join_nor_call_nor_be_called() {
     use mesh_node::endpoint::bind_socket;
-    use mesh_node::security::CertificateAuthority;
+    use mesh_node::security::{CertificateAuthority, GossipSecret};
+    // Each CA's cluster has its gossip secret: the rogue CA's node does not hold ours.
+    let gossip_secret_of = |issuer: &CertificateAuthority| {
+        let der = issuer.cert_der();
+        GossipSecret::from_bytes(der[der.len() - 32..].try_into().unwrap())
+    };
     let ca = CertificateAuthority::generate("cluster CA").unwrap();
     let rogue_ca = CertificateAuthority::generate("rogue CA").unwrap();
     // Each node's certificate names its address, so the socket is bound first.
@@ -643,7 +648,12 @@ async fn cluster_ca_nodes_work_and_another_cas_node_can_neither_join_nor_call_no
         Node::builder()
             .name(name)
             .socket(socket)
-            .credentials(Credentials::ca(ca.cert_der().clone(), cert.cert, cert.key))
+            .credentials(Credentials::ca(
+                ca.cert_der().clone(),
+                cert.cert,
+                cert.key,
+                gossip_secret_of(issuer),
+            ))
             .membership(MembershipConfig::local())
             .seeds(seeds)
             .service(greeter(name))
