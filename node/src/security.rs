@@ -584,6 +584,18 @@ mod tests {
         assert_eq!(format!("{k1:?}"), "ClusterKey(..)");
     }
 
+    /// The vector of `docs/PROTOCOL.md` §1.2.
+    #[test]
+    fn the_gossip_secret_has_a_test_vector() {
+        let g = Credentials::key("correct horse")
+            .unwrap()
+            .gossip_secrets("mesh");
+        assert_eq!(
+            g[0].to_hex(),
+            "f3332de40301b34496d3f59d399deebd6c25fa286958f6ed2fe0544545508c22"
+        );
+    }
+
     #[test]
     fn the_gossip_secret_follows_the_key_and_the_cluster_and_hides_itself() {
         let g = |k: &str, c: &str| Credentials::key(k).unwrap().gossip_secrets(c);
