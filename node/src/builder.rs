@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_membership::{generation_now, Event, Membership, MembershipConfig, MembershipHandle};
+use mesh_membership::{
+    generation_now, Event, GossipKey, Keyring, Membership, MembershipConfig, MembershipHandle,
+};
 use mesh_protocol::{ServiceInfo, StreamKind, DEFAULT_MAX_FRAME_LEN};
 use tracing::{debug, info, warn};
 
@@ -28,7 +30,7 @@ use crate::rpc::handler::{wrap_all, Wrapper};
 use crate::rpc::router::Router;
 use crate::rpc::serve::{serve_streaming, serve_unary};
 use crate::rpc::service::Service;
-use crate::security::{Credentials, SecurityError};
+use crate::security::{Credentials, GossipSecret, SecurityError};
 use crate::stats::Stats;
 use crate::wire::{close_code, refuse, BoxFuture};
 
@@ -39,6 +41,9 @@ pub enum StartError {
     /// No credentials were given.
     #[error("no credentials: give a cluster key or cluster CA certificates")]
     NoCredentials,
+    /// Cluster-CA credentials without the cluster's gossip secret.
+    #[error("no gossip secret: cluster-CA credentials need the cluster's gossip.key")]
+    NoGossipSecret,
     /// Bound to a wildcard address with nothing to advertise.
     #[error("bound to {0}: give an advertise address peers can reach")]
     NoAdvertiseAddress(SocketAddr),
@@ -264,9 +269,14 @@ impl NodeBuilder {
         };
         let cluster = self.membership.cluster.clone();
         // Key stretching takes a moment: keep it off the async threads.
-        let tls = tokio::task::spawn_blocking(move || credentials.tls(&cluster, advertise))
-            .await
-            .map_err(|e| SecurityError::Load(e.to_string()))??;
+        let (tls, gossip) = tokio::task::spawn_blocking(move || {
+            credentials
+                .tls(&cluster, advertise)
+                .map(|tls| (tls, credentials.gossip_secrets(&cluster)))
+        })
+        .await
+        .map_err(|e| SecurityError::Load(e.to_string()))??;
+        let keyring = keyring(&gossip)?;
 
         let stats = Arc::new(Stats::default());
         let mut router = Router::new(self.max_in_flight, DEFAULT_MAX_FRAME_LEN, stats.clone());
@@ -309,6 +319,7 @@ impl NodeBuilder {
         let id = mesh_protocol::MemberId::new(advertise, generation_now());
         let mut core = Membership::new(mconfig, id, name.clone(), id.generation);
         core.set_require_source_match(true);
+        core.set_keyring(Some(keyring));
         let labels = self.labels;
         let published = infos.clone();
         core.update_record(Instant::now(), move |r| {
@@ -349,6 +360,18 @@ impl NodeBuilder {
             }),
         })
     }
+}
+
+/// The keyring gossip is sealed with: the first secret seals, all of them open.
+fn keyring(secrets: &[GossipSecret]) -> Result<Keyring, StartError> {
+    let mut keys = secrets.iter().map(|s| GossipKey::new(*s.as_bytes()));
+    let primary = keys.next().ok_or(StartError::NoGossipSecret)?;
+    let mut ring = Keyring::new(primary);
+    for k in keys {
+        // A secret given twice is installed once.
+        let _ = ring.install(k);
+    }
+    Ok(ring)
 }
 
 /// Puts the handlers of `services` in `router`, each wrapped in `wrappers`, and returns the

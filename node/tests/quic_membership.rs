@@ -1,5 +1,6 @@
-//! Membership over the node's QUIC endpoint on loopback: gossip as QUIC datagrams, registry pulls
-//! on streams, members admitted by the cluster key only. Real clock; every wait is bounded.
+//! Membership over the node's transport on loopback: gossip as sealed UDP datagrams on the QUIC
+//! endpoint's port, registry pulls on QUIC streams, members admitted by the cluster key only. Real
+//! clock; every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_membership::{generation_now, Membership, MembershipConfig, MembershipHandle};
+use mesh_membership::{
+    generation_now, GossipKey, Keyring, Membership, MembershipConfig, MembershipHandle,
+};
 use mesh_node::endpoint::{bind_socket, EndpointConfig};
 use mesh_node::gossip::{self, MAX_GOSSIP_DATAGRAM};
 use mesh_node::security::Credentials;
@@ -18,7 +21,9 @@ use mesh_protocol::{EndpointInfo, MemberId, ServiceInfo};
 fn node(name: &str, key: &str, seeds: &[SocketAddr]) -> MembershipHandle {
     let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
-    let tls = Credentials::key(key).unwrap().tls("mesh", addr).unwrap();
+    let creds = Credentials::key(key).unwrap();
+    let tls = creds.tls("mesh", addr).unwrap();
+    let gossip = GossipKey::new(*creds.gossip_secrets("mesh")[0].as_bytes());
     let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).unwrap();
     let started = gossip::start(socket, &tls, &EndpointConfig::default(), addr, None).unwrap();
     let (transport, incoming) = (started.transport, started.incoming);
@@ -27,6 +32,7 @@ fn node(name: &str, key: &str, seeds: &[SocketAddr]) -> MembershipHandle {
     let id = MemberId::new(addr, generation_now());
     let mut core = Membership::new(config, id, name, u64::from(addr.port()));
     core.set_require_source_match(true);
+    core.set_keyring(Some(Keyring::new(gossip)));
     MembershipHandle::spawn(core, Arc::new(transport), incoming, seeds)
 }
 
