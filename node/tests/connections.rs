@@ -4,6 +4,9 @@
 //! connection is one the test made; every wait is on an event, bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::eventually;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +14,10 @@ use std::time::{Duration, Instant};
 use mesh_node::endpoint::bind_socket;
 use mesh_node::security::CertificateAuthority;
 use mesh_node::wire::close_code;
-use mesh_node::{typed, CallOptions, Credentials, Health, Node, Service, BUILTIN_SERVICE};
+use mesh_node::{
+    typed, CallOptions, Credentials, Health, Inbound, Node, Outbound, Request, Service,
+    BUILTIN_SERVICE,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -151,6 +157,55 @@ async fn a_connection_with_a_call_in_flight_is_not_evicted_and_the_overrun_is_co
     drop((held, held_too));
     assert_eq!(hub.connection_stats().busy, 0);
     println!("busy kept: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_call_keeps_its_connection_under_the_cap() {
+    let started = Instant::now();
+    let shout = Service::new("Streams").stream_endpoint(
+        "Shout",
+        |_req: Request, mut inb: Inbound, out: Outbound| async move {
+            while let Some(s) = inb.next::<String>().await {
+                out.send(&s?.to_uppercase()).await?;
+            }
+            Ok(())
+        },
+    );
+    let server = node(8, vec![shout]).await;
+    // The registry is how a streaming call finds its node: the hub joins the server.
+    let hub = Node::builder()
+        .credentials(Credentials::key(KEY).unwrap())
+        .max_connections(1)
+        .seeds(vec![server.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    let other = node(8, vec![]).await;
+    eventually(LIMIT, "the server's service visible", || async {
+        !hub.membership()
+            .nodes_of("Streams")
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let mut stream = hub.stream("Streams", "Shout", &opts()).await.unwrap();
+    stream.send(&"one").await.unwrap();
+    assert_eq!(stream.recv::<String>().await.unwrap().unwrap(), "ONE");
+    // Calls to another node pass the cap of one; the busy connection stays, theirs go.
+    for _ in 0..3 {
+        touch(&hub, &other).await;
+    }
+    let s = hub.connection_stats();
+    assert!(
+        s.evictions >= 3 && s.cap_overruns >= 3 && s.busy == 1,
+        "{s:?}"
+    );
+    stream.send(&"two").await.unwrap();
+    assert_eq!(stream.recv::<String>().await.unwrap().unwrap(), "TWO");
+    stream.close_send();
+    assert!(stream.recv::<String>().await.is_none());
+    println!("streaming kept: {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
