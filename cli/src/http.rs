@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_node::connections::ConnectionStats;
 use mesh_node::{CallOptions, ContentType, MemberView, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -325,6 +326,7 @@ async fn metrics(node: &Node) -> String {
     );
     let _ = writeln!(out, "# TYPE mesh_client_retries_total counter");
     let _ = writeln!(out, "mesh_client_retries_total {}", node.retries());
+    connection_metrics(&mut out, &node.connection_stats());
     if let Ok(g) = node.membership().query(|c| c.stats().clone()).await {
         let _ = writeln!(
             out,
@@ -356,6 +358,73 @@ async fn metrics(node: &Node) -> String {
         }
     }
     out
+}
+
+/// The node's QUIC connections: gauges of the table, counters of evictions and refusals.
+fn connection_metrics(out: &mut String, s: &ConnectionStats) {
+    let gauges = [
+        ("mesh_connections", "Open QUIC connections.", s.open),
+        (
+            "mesh_connections_busy",
+            "Open QUIC connections in use (a stream open or a handle held).",
+            s.busy,
+        ),
+        (
+            "mesh_connections_max",
+            "The connection cap: beyond it, the least recently used idle connection closes.",
+            s.max_connections,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let counters = [
+        (
+            "mesh_connection_evictions_total",
+            "Idle connections closed to stay under the cap.",
+            s.evictions,
+        ),
+        (
+            "mesh_connection_cap_overruns_total",
+            "Connections opened over the cap because every open one was in use.",
+            s.cap_overruns,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mesh_connection_handshakes_total Handshakes dialed, and accepted with a valid identity."
+    );
+    let _ = writeln!(out, "# TYPE mesh_connection_handshakes_total counter");
+    for (side, n) in [("dialed", s.dialed), ("accepted", s.accepted)] {
+        let _ = writeln!(
+            out,
+            "mesh_connection_handshakes_total{{side=\"{side}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mesh_connections_refused_total Connections refused, by reason: identity (the \
+         certificate names no single address, or another than the one dialed), limit (cap and \
+         overrun used up), handshakes (too many in progress)."
+    );
+    let _ = writeln!(out, "# TYPE mesh_connections_refused_total counter");
+    for (reason, n) in [
+        ("identity", s.refused_identity),
+        ("limit", s.refused_limit),
+        ("handshakes", s.refused_handshakes),
+    ] {
+        let _ = writeln!(
+            out,
+            "mesh_connections_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
 }
 
 fn escape(label: &str) -> String {
@@ -417,5 +486,45 @@ async fn status_page(node: &Node) -> Response {
         status: 200,
         content_type: "text/html; charset=utf-8",
         body: page.into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_metrics_are_prometheus_text() {
+        let mut s = ConnectionStats::default();
+        s.open = 2;
+        s.busy = 1;
+        s.max_connections = 2;
+        s.evictions = 3;
+        s.cap_overruns = 1;
+        s.refused_identity = 4;
+        let mut out = String::new();
+        connection_metrics(&mut out, &s);
+        for line in [
+            "# TYPE mesh_connections gauge",
+            "mesh_connections 2",
+            "mesh_connections_busy 1",
+            "mesh_connections_max 2",
+            "# TYPE mesh_connection_evictions_total counter",
+            "mesh_connection_evictions_total 3",
+            "mesh_connection_cap_overruns_total 1",
+            "mesh_connection_handshakes_total{side=\"dialed\"} 0",
+            "mesh_connections_refused_total{reason=\"identity\"} 4",
+            "mesh_connections_refused_total{reason=\"limit\"} 0",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line:?} missing from:\n{out}"
+            );
+        }
+        // Every sample line is `name{labels} value` with a number.
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once(' ').unwrap();
+            assert!(v.parse::<u64>().is_ok(), "{l}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::builtins::add_builtins;
 use crate::client::balancer::Balancer;
 use crate::client::caller::Client;
 use crate::client::options::ClientWrapper;
-use crate::connections::{Connections, StreamHandler};
+use crate::connections::{Connections, ConnectionsConfig, StreamHandler};
 use crate::endpoint::{bind_socket, EndpointConfig, EndpointError};
 use crate::gossip::{self, Started, MAX_GOSSIP_DATAGRAM};
 use crate::node::{Inner, Node};
@@ -92,6 +92,7 @@ pub struct NodeBuilder {
     credentials: Option<Credentials>,
     membership: MembershipConfig,
     endpoint: EndpointConfig,
+    connections: ConnectionsConfig,
     services: Vec<Service>,
     wrappers: Vec<Arc<dyn Wrapper>>,
     client_wrappers: Vec<Arc<dyn ClientWrapper>>,
@@ -124,6 +125,7 @@ impl Default for NodeBuilder {
             credentials: None,
             membership: MembershipConfig::lan(32),
             endpoint: EndpointConfig::default(),
+            connections: ConnectionsConfig::default(),
             services: Vec::new(),
             wrappers: Vec::new(),
             client_wrappers: Vec::new(),
@@ -184,6 +186,16 @@ impl NodeBuilder {
     /// QUIC settings.
     pub fn endpoint_config(mut self, c: EndpointConfig) -> Self {
         self.endpoint = c;
+        self
+    }
+    /// Limits on the node's QUIC connections (default [`ConnectionsConfig::default`]).
+    pub fn connections_config(mut self, c: ConnectionsConfig) -> Self {
+        self.connections = c;
+        self
+    }
+    /// Open connections kept (default 256): beyond it the least recently used idle one closes.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.connections.max_connections = n;
         self
     }
     /// Serves `service`.
@@ -314,6 +326,7 @@ impl NodeBuilder {
             })),
         )?;
         let connections = transport.connections().clone();
+        connections.set_config(&self.connections);
         let mut mconfig = self.membership;
         mconfig.max_datagram_size = mconfig.max_datagram_size.min(MAX_GOSSIP_DATAGRAM);
         let id = mesh_protocol::MemberId::new(advertise, generation_now());

@@ -20,9 +20,15 @@ pub struct EndpointConfig {
     pub max_concurrent_bidi_streams: u32,
     /// Unidirectional streams a peer may have open towards us at once (pub/sub deliveries).
     pub max_concurrent_uni_streams: u32,
-    /// Receive buffer for QUIC datagrams, in bytes; older datagrams are dropped beyond it. mesh
-    /// itself sends none (gossip is plain UDP beside QUIC).
-    pub datagram_receive_buffer: usize,
+    /// Connection attempts quinn holds before the accept loop takes them (quinn's
+    /// `ServerConfig::max_incoming`; quinn's default is 65,536). More are refused at once. The
+    /// loop takes them as they come, and bounds the handshakes then in progress itself
+    /// (`ConnectionsConfig::max_handshakes`).
+    pub max_incoming: usize,
+    /// Bytes quinn buffers for one such attempt beyond its first packet (quinn's
+    /// `incoming_buffer_size`, 10 MiB by default there; mesh sends no 0-RTT data, so little is
+    /// needed). All attempts together get `max_incoming` times this.
+    pub incoming_buffer: u64,
 }
 
 impl Default for EndpointConfig {
@@ -31,7 +37,8 @@ impl Default for EndpointConfig {
             idle_timeout: Duration::from_secs(30),
             max_concurrent_bidi_streams: 1024,
             max_concurrent_uni_streams: 256,
-            datagram_receive_buffer: 1024 * 1024,
+            max_incoming: 256,
+            incoming_buffer: 64 * 1024,
         }
     }
 }
@@ -46,7 +53,8 @@ impl EndpointConfig {
         // demand.
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into());
         t.max_concurrent_uni_streams(self.max_concurrent_uni_streams.into());
-        t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        // No QUIC datagrams: gossip is plain UDP beside QUIC (`crate::socket`).
+        t.datagram_receive_buffer_size(None);
         Ok(Arc::new(t))
     }
 }
@@ -80,6 +88,14 @@ pub fn endpoint_on(
         .map_err(|e| SecurityError::Load(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
+    server
+        .max_incoming(config.max_incoming)
+        .incoming_buffer_size(config.incoming_buffer)
+        .incoming_buffer_size_total(
+            config
+                .incoming_buffer
+                .saturating_mul(config.max_incoming as u64),
+        );
     let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())
         .map_err(|e| SecurityError::Load(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));

@@ -20,10 +20,10 @@ use mesh_protocol::{from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, S
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::connections::{Connections, DatagramSink, StreamHandler};
+use crate::connections::{Connections, StreamHandler};
 use crate::endpoint::{endpoint_on, EndpointConfig, EndpointError};
 use crate::security::NodeTls;
-use crate::socket::{GossipSender, SocketStats, SplitSocket};
+use crate::socket::{DatagramSink, GossipSender, SocketStats, SplitSocket};
 use crate::wire::{close_code, refuse, BoxFuture};
 
 /// Largest registry sync frame accepted (16 MiB).
@@ -91,9 +91,7 @@ pub fn start(
         incoming: tx,
         others: streams,
     });
-    // Nothing is sent as QUIC datagrams any more: whatever a peer sends that way is dropped.
-    let ignore: DatagramSink = Arc::new(|from, _| debug!(peer = %from, "QUIC datagram ignored"));
-    let connections = Connections::start(endpoint.clone(), addr, streams, ignore);
+    let connections = Connections::start(endpoint.clone(), addr, streams);
     Ok(Started {
         transport: GossipTransport {
             connections,

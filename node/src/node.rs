@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::client::caller::Client;
 use crate::client::options::CallOptions;
-use crate::connections::Connections;
+use crate::connections::{ConnectionStats, Connections, PeerConnection};
 use crate::pubsub::local::Subscribers;
 use crate::pubsub::options::{PublishOptions, PublishReport};
 use crate::pubsub::publish::Publisher;
@@ -74,6 +74,11 @@ impl Node {
     /// Attempts this node's client made after the first of a call (retries), since start.
     pub fn retries(&self) -> u64 {
         self.inner.client.balancer.retries.load(Ordering::Relaxed)
+    }
+
+    /// This node's QUIC connections: open, in use, evicted under the cap, refused.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.inner.connections.stats()
     }
 
     /// Per-endpoint statistics of the calls this node served.
@@ -238,8 +243,9 @@ impl Node {
     }
 
     /// The QUIC connection to the node at `addr`, opened if needed: low-level access for protocols
-    /// of your own on the node's authenticated connections.
-    pub async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
+    /// of your own on the node's authenticated connections. The handle keeps the connection from
+    /// eviction under the node's connection cap while it lives: drop it when your streams end.
+    pub async fn connection(&self, addr: SocketAddr) -> Result<PeerConnection, RpcError> {
         self.inner
             .connections
             .connection(addr)

@@ -24,12 +24,13 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::connections::DatagramSink;
-
 /// Whether a datagram starting with `first` is a membership datagram rather than QUIC.
 pub fn is_gossip(first: u8) -> bool {
     first & 0x40 == 0
 }
+
+/// Takes every membership datagram the socket receives, with its UDP source address.
+pub type DatagramSink = Arc<dyn Fn(SocketAddr, Bytes) + Send + Sync>;
 
 /// Gossip datagrams queued for sending before new ones are dropped.
 const SEND_QUEUE: usize = 1024;

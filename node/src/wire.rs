@@ -19,12 +19,18 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 1;
     /// The stream kind is not served here.
     pub const UNSUPPORTED: u32 = 2;
-    /// The node is overloaded or shutting down.
+    /// The node is overloaded or shutting down; on a connection: the node holds as many
+    /// connections as it allows, all in use.
     pub const BUSY: u32 = 3;
     /// The peer's certificate names no single advertised address.
     pub const NO_IDENTITY: u32 = 4;
     /// Membership declared the peer down.
     pub const PEER_DOWN: u32 = 5;
+    /// Closed, idle, to make room under the node's connection cap: nothing was being served on
+    /// it, so a stream still unanswered was not run. Dial again.
+    pub const EVICTED: u32 = 6;
+    /// The dialer refused the peer: its certificate names another address than the one dialed.
+    pub const ADDRESS_MISMATCH: u32 = 7;
 }
 
 /// Refuses a stream in both directions with an application error code the peer can read.

@@ -154,7 +154,7 @@ impl Client {
             let opened = match self.connections.connection(node).await {
                 Ok(conn) => {
                     CallStream::open(
-                        &conn,
+                        conn,
                         &header,
                         opts.content_type,
                         DEFAULT_MAX_FRAME_LEN,

@@ -150,9 +150,10 @@ async fn run_link(
         send.write_all(&Preamble::new(StreamKind::Publish).to_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, recv))
+        Ok::<_, String>((conn, send, recv))
     };
-    let (mut send, mut recv) = match opened.await {
+    // The connection handle lives as long as the link: no eviction under the cap while it runs.
+    let (_connection, mut send, mut recv) = match opened.await {
         Ok(x) => x,
         Err(e) => {
             is_broken.store(true, Ordering::Release);

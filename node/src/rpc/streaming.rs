@@ -23,6 +23,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::connections::PeerConnection;
 use crate::rpc::handler::Request;
 use crate::wire::{read_frame, BoxFuture};
 
@@ -310,6 +311,8 @@ pub(crate) async fn serve(
 /// The caller's side of a streaming call.
 #[derive(Debug)]
 pub struct CallStream {
+    /// Keeps the connection from eviction under the node's cap while the call runs.
+    _connection: PeerConnection,
     send: Option<quinn::SendStream>,
     inbound: Inbound,
     content_type: ContentType,
@@ -319,7 +322,7 @@ pub struct CallStream {
 
 impl CallStream {
     pub(crate) async fn open(
-        conn: &quinn::Connection,
+        conn: PeerConnection,
         header: &CallHeader,
         content_type: ContentType,
         max_frame: u32,
@@ -347,6 +350,7 @@ impl CallStream {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         Ok(Self {
+            _connection: conn,
             send: Some(send),
             inbound: Inbound {
                 recv,
