@@ -17,7 +17,9 @@ pub struct MembershipConfig {
     /// `swim.max_packet_size` is derived from [`max_datagram_size`](Self::max_datagram_size) when the
     /// core is built.
     pub swim: foca::Config,
-    /// Largest datagram the transport carries (envelope included).
+    /// Largest datagram the transport carries (envelope included). foca's packets get this less
+    /// the sealed envelope's 39 bytes ([`MAX_OVERHEAD`](crate::swim::MAX_OVERHEAD)) whether or not
+    /// a keyring is set; a value below 295 is raised to 295.
     pub max_datagram_size: usize,
     /// A record whose encoding fits in this many bytes is gossiped whole; a larger one is gossiped
     /// as a digest and pulled by whoever needs it.

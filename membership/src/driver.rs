@@ -12,6 +12,7 @@ use tracing::{debug, Instrument};
 
 use crate::core::Membership;
 use crate::registry::{Directory, Event, MemberInfo, ServiceNode};
+use crate::swim::{GossipKey, KeyId, Keyring, KeyringError};
 use crate::transport::{Incoming, Transport, TransportError};
 
 /// Events buffered per watcher before it lags (and is told how many it missed).
@@ -32,6 +33,17 @@ enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("membership driver has stopped")]
 pub struct Stopped;
+
+/// Why a key change on a [`MembershipHandle`] failed. The keyring is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyChangeError {
+    /// The keyring refused the change.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// The driver has stopped.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+}
 
 /// A cheap, cloneable handle to a running membership driver.
 ///
@@ -201,6 +213,33 @@ impl MembershipHandle {
     ) -> Result<(), Stopped> {
         self.run_at(move |core, now| core.update_record(now, f))
             .await
+    }
+
+    /// Seals datagrams with `keyring` from now on (`None`: unsealed); see
+    /// [`Membership::set_keyring`].
+    pub async fn set_keyring(&self, keyring: Option<Keyring>) -> Result<(), Stopped> {
+        self.query(move |c| c.set_keyring(keyring)).await
+    }
+
+    /// Installs `key` for opening (rotation, step 1, on every node).
+    pub async fn install_key(&self, key: GossipKey) -> Result<(), KeyChangeError> {
+        Ok(self.query(move |c| c.install_key(key)).await??)
+    }
+
+    /// Seals with the installed `key` (rotation, step 2, once every node has it).
+    pub async fn use_key(&self, key: GossipKey) -> Result<(), KeyChangeError> {
+        Ok(self.query(move |c| c.use_key(&key)).await??)
+    }
+
+    /// Removes `key`, unless it is the primary (rotation, step 3, once every node uses the new
+    /// key).
+    pub async fn remove_key(&self, key: GossipKey) -> Result<(), KeyChangeError> {
+        Ok(self.query(move |c| c.remove_key(&key)).await??)
+    }
+
+    /// The ids of the installed keys, the primary first (empty when unsealed).
+    pub async fn key_ids(&self) -> Result<Vec<KeyId>, Stopped> {
+        self.query(|c| c.key_ids()).await
     }
 
     /// A stream of registry changes from now on. A watcher more than [`WATCH_CAPACITY`] events

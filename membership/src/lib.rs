@@ -1,9 +1,10 @@
 //! Membership for mesh: SWIM gossip (via [foca]) and the shared service registry.
 //!
 //! Every node holds the same picture of who is alive and what each node serves, with no central
-//! registry. This crate owns that picture; it leaves sockets and security to a [`Transport`]
-//! (the node crate's QUIC transport authenticates every peer; [`transport::udp`] is plain UDP for
-//! standalone use, [`transport::mem`] an in-memory network for tests and simulations).
+//! registry. This crate owns that picture and the envelope of its datagrams, sealed with a gossip
+//! [`Keyring`] when one is set; it leaves sockets, peer authentication and key management to a
+//! [`Transport`] and the node crate ([`transport::udp`] is plain UDP for standalone use,
+//! [`transport::mem`] an in-memory network for tests and simulations).
 //!
 //! [`Transport`]: transport::Transport
 //!
@@ -18,8 +19,8 @@
 //!
 //! # Where things happen
 //!
-//! - A datagram enters at [`Membership::handle_datagram`]: its envelope is checked
-//!   ([`swim::open_envelope`]), foca handles the packet, and whatever foca produced is drained into
+//! - A datagram enters at [`Membership::handle_datagram`]: its envelope is checked and, if
+//!   sealed, opened ([`swim::Envelope::open`]), foca handles the packet, and whatever foca produced is drained into
 //!   datagrams, timers and registry changes.
 //! - The registry (per address: the liveness SWIM reports and the newest record) is private to each
 //!   [`Membership`] and defined in [`registry`]; callers read it through lookups such as
@@ -87,16 +88,45 @@
 //!
 //! # Hostile input and bounds
 //!
-//! Datagrams are checked before foca sees them: magic, version, cluster tag (a 32-bit hash of
-//! [`MembershipConfig::cluster`]) and a decodable SWIM header; everything else is counted in
-//! [`Stats`] and dropped. Decoders never panic. Queues between transport and driver are bounded
+//! Datagrams are checked before foca sees them: magic, version, kind (sealed or not), key id and
+//! AEAD tag if sealed, cluster tag (a 32-bit hash of [`MembershipConfig::cluster`]) and a
+//! decodable SWIM header; everything else is counted in [`Stats`] (in exactly one field) and
+//! dropped. Decoders never panic. Queues between transport and driver are bounded
 //! (datagrams are dropped when full), syncs in flight are capped (`max_concurrent_syncs`), records
 //! are at most 1 MiB and at most `max_records` of them are held.
 //!
-//! Plain UDP is **unauthenticated**: anyone who can send to the port can forge SWIM traffic
-//! (including fake members). Production runs the node crate's QUIC transport, where every peer
-//! proves the cluster credentials and [`Membership::set_require_source_match`] binds each
-//! packet's SWIM source to the authenticated connection.
+//! # Sealed gossip
+//!
+//! With a [`Keyring`] ([`Membership::set_keyring`], or [`MembershipHandle::set_keyring`] on a
+//! running node) every datagram is sealed with AES-256-GCM under the keyring's primary key, with
+//! a random 96-bit nonce from the operating system ([`NonceSource::system`]) and the envelope
+//! header as associated data, and only datagrams sealed under an installed key are accepted: the
+//! scheme of memberlist's gossip encryption (`security.go`, `keyring.go`), with the key named by
+//! id instead of tried in turn. Keys rotate without a pause: install the new key everywhere
+//! ([`install_key`](Membership::install_key)), use it everywhere
+//! ([`use_key`](Membership::use_key)), remove the old one ([`remove_key`](Membership::remove_key)).
+//! The wire format is in `docs/PROTOCOL.md` §7.1.
+//!
+//! **What the keyring protects**: SWIM traffic and the records it carries (members, addresses,
+//! services, labels) cannot be read without a key, and a datagram not sealed by a key holder (an
+//! outsider's, a bit-flipped or truncated one, one of a cluster with another key) is dropped
+//! before foca sees it, so outsiders can neither inject members nor declare members down.
+//!
+//! **What it does not**:
+//! - *Any key holder can forge gossip for any member*: the key is shared by the cluster, so it
+//!   proves "a member", not which one. Only a transport that authenticates each peer can bind a
+//!   packet's SWIM source to its sender ([`Membership::set_require_source_match`]).
+//! - *Replay is not prevented*, as in memberlist: a captured datagram opens again when resent
+//!   (SWIM's incarnations make replayed updates stale, but a replayed ack can answer a probe).
+//! - Datagram sizes, timing, addresses and the key id are visible.
+//! - Registry syncs ride streams, not datagrams: the node's QUIC streams are protected by TLS; the
+//!   standalone TCP syncs of [`transport::udp`] are not protected at all.
+//! - Nonces are random, so a key must seal well under 2^32 datagrams cluster-wide (NIST SP
+//!   800-38D) before it is rotated out.
+//! - Key bytes are not zeroed when dropped.
+//!
+//! Without a keyring, datagrams are **unauthenticated**: anyone who can send to the port can forge
+//! SWIM traffic (including fake members).
 //!
 //! # Examples
 //!
@@ -116,6 +146,7 @@ pub mod transport;
 
 pub use crate::config::MembershipConfig;
 pub use crate::core::{Membership, Stats, SyncTask, Transmit};
-pub use crate::driver::{MembershipHandle, Stopped};
+pub use crate::driver::{KeyChangeError, MembershipHandle, Stopped};
 pub use crate::generation::generation_now;
 pub use crate::registry::{Directory, Event, MemberInfo, MemberState, ServiceNode};
+pub use crate::swim::{GossipKey, KeyId, Keyring, KeyringError, NonceSource};

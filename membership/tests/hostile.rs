@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mesh_membership::swim::{cluster_tag, write_envelope, DATAGRAM_MAGIC, DATAGRAM_VERSION};
+use mesh_membership::swim::{cluster_tag, write_unsealed, DATAGRAM_MAGIC, DATAGRAM_VERSION};
 use mesh_membership::{Membership, MembershipConfig};
 use mesh_protocol::{MemberId, ServiceInfo};
 use rand::rngs::SmallRng;
@@ -79,15 +79,13 @@ fn every_class_of_bad_datagram_is_counted_and_changes_nothing() {
     nb.handle_datagram(now, from, b"GET / HTTP/1.1\r\n\r\n");
     nb.handle_datagram(now, from, &[0xFF; 1400]);
     // Another protocol version.
-    let mut v2 = DATAGRAM_MAGIC.to_vec();
-    v2.push(DATAGRAM_VERSION + 1);
-    v2.extend_from_slice(&tag.to_be_bytes());
-    v2.extend_from_slice(&[0; 40]);
-    nb.handle_datagram(now, from, &v2);
+    let mut v3 = vec![DATAGRAM_MAGIC, DATAGRAM_VERSION + 1, 0];
+    v3.extend_from_slice(&tag.to_be_bytes());
+    v3.extend_from_slice(&[0; 40]);
+    nb.handle_datagram(now, from, &v3);
     // Another cluster.
     let mut other = Vec::new();
-    write_envelope(cluster_tag("not-mesh"), &mut other);
-    other.extend_from_slice(&[4, 127, 0, 0, 1]);
+    write_unsealed(cluster_tag("not-mesh"), &[4, 127, 0, 0, 1], &mut other);
     nb.handle_datagram(now, from, &other);
     // Our envelope, then a truncated or nonsensical SWIM header.
     for body in [
@@ -98,8 +96,7 @@ fn every_class_of_bad_datagram_is_counted_and_changes_nothing() {
         ][..],
     ] {
         let mut d = Vec::new();
-        write_envelope(tag, &mut d);
-        d.extend_from_slice(body);
+        write_unsealed(tag, body, &mut d);
         nb.handle_datagram(now, from, &d);
     }
 
@@ -135,10 +132,10 @@ fn random_and_mutated_datagrams_never_panic() {
                 (0..len).map(|_| rng.random()).collect()
             }
             1 => {
-                let mut d = Vec::new();
-                write_envelope(tag, &mut d);
                 let len = rng.random_range(0..200);
-                d.extend((0..len).map(|_| rng.random::<u8>()));
+                let body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                let mut d = Vec::new();
+                write_unsealed(tag, &body, &mut d);
                 d
             }
             _ => {
@@ -195,12 +192,13 @@ fn a_member_cannot_speak_for_another_when_sources_are_authenticated() {
     nb.set_require_source_match(true);
     let liar: SocketAddr = "127.0.0.1:9999".parse().unwrap();
     // A well-formed packet whose SWIM source is 127.0.0.1:7001, arriving from elsewhere.
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&[4, 127, 0, 0, 1, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 1]); // src 7001#1
+    packet.extend_from_slice(&[0, 9]); // incarnation 9
+    packet.extend_from_slice(&[4, 127, 0, 0, 1, 0x1b, 0x5a, 0, 0, 0, 0, 0, 0, 0, 1]); // dst 7002#1
+    packet.extend_from_slice(&[8]); // Gossip
     let mut forged = Vec::new();
-    write_envelope(cluster_tag("mesh"), &mut forged);
-    forged.extend_from_slice(&[4, 127, 0, 0, 1, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 1]); // src 7001#1
-    forged.extend_from_slice(&[0, 9]); // incarnation 9
-    forged.extend_from_slice(&[4, 127, 0, 0, 1, 0x1b, 0x5a, 0, 0, 0, 0, 0, 0, 0, 1]); // dst 7002#1
-    forged.extend_from_slice(&[8]); // Gossip
+    write_unsealed(cluster_tag("mesh"), &packet, &mut forged);
     let before = nb.stats().dropped_malformed;
     nb.handle_datagram(now, liar, &forged);
     assert_eq!(nb.stats().dropped_malformed, before + 1);

@@ -11,7 +11,8 @@
 //! - `records`: publishing our own record, applying and gossiping others';
 //! - `sync`: registry syncs (pulls, push/pull anti-entropy) and the answers to them;
 //! - `notifications`: draining foca's output and reacting to its notifications and items;
-//! - `lookups`: what callers read out of the registry.
+//! - `lookups`: what callers read out of the registry;
+//! - `keys`: the gossip keyring (sealing on or off, key rotation).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -30,10 +31,11 @@ use crate::config::MembershipConfig;
 use crate::core::timer_entry::TimerEntry;
 use crate::registry::{Event, MemberState, Registry};
 use crate::swim::{
-    cluster_tag, decode_header_src, lock, open_envelope, EnvelopeError, RegistryBroadcasts, Shared,
-    SwimCodec, SwimId, ENVELOPE_LEN,
+    decode_header_src, lock, Envelope, EnvelopeError, RegistryBroadcasts, Shared, SwimCodec,
+    SwimId, MAX_OVERHEAD,
 };
 
+mod keys;
 mod lifecycle;
 mod lookups;
 mod notifications;
@@ -78,6 +80,15 @@ pub struct Stats {
     pub dropped_version: u64,
     /// Dropped: another cluster's tag.
     pub dropped_other_cluster: u64,
+    /// Dropped: unsealed, but this node holds a keyring.
+    pub dropped_unsealed: u64,
+    /// Dropped: sealed, but this node holds no keyring.
+    pub dropped_sealed: u64,
+    /// Dropped: sealed with a key id this node does not hold.
+    pub dropped_foreign_key: u64,
+    /// Dropped: sealed with a key this node holds, but the AEAD did not open (forged, corrupted,
+    /// truncated).
+    pub dropped_unauthentic: u64,
     /// Dropped: the SWIM packet did not decode, or the sender is not the address it claims.
     pub dropped_malformed: u64,
     /// Datagrams foca refused after decoding (stale, from ourselves, bad broadcast).
@@ -90,7 +101,13 @@ pub struct Stats {
     pub syncs_started: u64,
     /// Registry syncs that failed.
     pub syncs_failed: u64,
+    /// Datagrams foca produced that could not be sealed (the system's CSPRNG failed), not sent.
+    pub seal_failures: u64,
 }
+
+/// The smallest SWIM packet the core gives foca room for; `max_datagram_size` is raised to
+/// `MIN_SWIM_PACKET + MAX_OVERHEAD` if set below.
+const MIN_SWIM_PACKET: usize = 256;
 
 type SwimFoca = Foca<SwimId, SwimCodec, SmallRng, RegistryBroadcasts>;
 
@@ -131,7 +148,8 @@ type SwimFoca = Foca<SwimId, SwimCodec, SmallRng, RegistryBroadcasts>;
 /// ```
 pub struct Membership {
     config: MembershipConfig,
-    tag: u32,
+    /// The cluster tag, the keyring (if sealed) and the nonce source.
+    envelope: Envelope,
     foca: SwimFoca,
     rt: AccumulatingRuntime<SwimId>,
     shared: Arc<Mutex<Shared>>,
@@ -178,10 +196,18 @@ impl Membership {
         name: impl Into<String>,
         seed: u64,
     ) -> Self {
-        let packet = config
-            .max_datagram_size
-            .saturating_sub(ENVELOPE_LEN)
-            .max(256);
+        // Sized for the larger (sealed) envelope whatever the mode, so that setting a keyring
+        // later never makes a datagram exceed `max_datagram_size` (foca's packet size is fixed
+        // once it is built).
+        if config.max_datagram_size < MIN_SWIM_PACKET + MAX_OVERHEAD {
+            warn!(
+                configured = config.max_datagram_size,
+                used = MIN_SWIM_PACKET + MAX_OVERHEAD,
+                "max_datagram_size too small: raised"
+            );
+            config.max_datagram_size = MIN_SWIM_PACKET + MAX_OVERHEAD;
+        }
+        let packet = config.max_datagram_size - MAX_OVERHEAD;
         config.swim.max_packet_size =
             std::num::NonZeroUsize::new(packet).unwrap_or(std::num::NonZeroUsize::MIN);
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -197,7 +223,7 @@ impl Membership {
         let mut own = NodeRecord::new(id, name);
         own.version = 1;
         let mut me = Self {
-            tag: cluster_tag(&config.cluster),
+            envelope: Envelope::new(&config.cluster),
             join_backoff: config.join_backoff_min,
             config,
             foca,
@@ -262,16 +288,19 @@ impl Membership {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let packet = match open_envelope(self.tag, data) {
+        let packet = match self.envelope.open(data) {
             Ok(p) => p,
             Err(e) => {
-                match e {
-                    EnvelopeError::Truncated | EnvelopeError::BadMagic => {
-                        self.stats.dropped_garbage += 1
-                    }
-                    EnvelopeError::Version(_) => self.stats.dropped_version += 1,
-                    EnvelopeError::OtherCluster(_) => self.stats.dropped_other_cluster += 1,
-                }
+                let s = &mut self.stats;
+                *match e {
+                    EnvelopeError::Truncated | EnvelopeError::BadMagic => &mut s.dropped_garbage,
+                    EnvelopeError::Version(_) | EnvelopeError::Kind(_) => &mut s.dropped_version,
+                    EnvelopeError::OtherCluster(_) => &mut s.dropped_other_cluster,
+                    EnvelopeError::Unsealed => &mut s.dropped_unsealed,
+                    EnvelopeError::Sealed => &mut s.dropped_sealed,
+                    EnvelopeError::ForeignKey(_) => &mut s.dropped_foreign_key,
+                    EnvelopeError::Unauthentic => &mut s.dropped_unauthentic,
+                } += 1;
                 debug!(%from, error = %e, len = data.len(), "dropped datagram");
                 return;
             }

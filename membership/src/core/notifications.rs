@@ -1,5 +1,6 @@
-//! Draining foca: its datagrams (wrapped in the envelope), timers, notifications (members up,
-//! down, renamed; joined, idle, rejoin) and the registry items its broadcasts carried.
+//! Draining foca: its datagrams (wrapped in the envelope, sealed if a keyring is set), timers,
+//! notifications (members up, down, renamed; joined, idle, rejoin) and the registry items its
+//! broadcasts carried.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use tracing::{debug, info, trace, warn};
 use crate::core::timer_entry::TimerKind;
 use crate::core::{Membership, Transmit};
 use crate::registry::{Event, MemberState};
-use crate::swim::{lock, write_envelope, Item, SwimId, ENVELOPE_LEN};
+use crate::swim::{lock, Item, SwimId};
 
 impl Membership {
     /// Moves everything foca produced into our queues and reacts to notifications and items,
@@ -21,9 +22,12 @@ impl Membership {
             let mut progressed = false;
             while let Some((dst, data)) = self.rt.to_send() {
                 progressed = true;
-                let mut d = Vec::with_capacity(ENVELOPE_LEN + data.len());
-                write_envelope(self.tag, &mut d);
-                d.extend_from_slice(&data);
+                let mut d = Vec::new();
+                if let Err(e) = self.envelope.write(&data, &mut d) {
+                    self.stats.seal_failures += 1;
+                    warn!(error = %e, "datagram not sent");
+                    continue;
+                }
                 self.stats.datagrams_out += 1;
                 self.stats.bytes_out += d.len() as u64;
                 self.transmits.push_back(Transmit {
