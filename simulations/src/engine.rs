@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use mesh_membership::{Membership, MembershipConfig};
+use mesh_membership::{GossipKey, Keyring, Membership, MembershipConfig, NonceSource};
 use mesh_protocol::{MemberId, ServiceInfo, SyncRequest, SyncResponse};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -83,6 +83,8 @@ pub struct Sim {
     violations: Vec<String>,
     /// The last heal, until the cluster is whole again after it.
     healed_at: Option<Duration>,
+    /// The keyring every node seals with, unless the run is unsealed.
+    keyring: Option<Keyring>,
 }
 
 impl Sim {
@@ -104,6 +106,7 @@ impl Sim {
             metrics: Metrics::new(scenario.nodes),
             violations: Vec::new(),
             healed_at: None,
+            keyring: Some(sim_keyring(seed)),
         };
         // Joins: node 0 first, then waves.
         let wave = scenario.wave.unwrap_or(scenario.nodes).max(1);
@@ -117,6 +120,13 @@ impl Sim {
             sim.push(Duration::from_secs_f64(a.at_s), Ev::Act(i));
         }
         Ok(sim)
+    }
+
+    /// Runs the nodes unsealed (`sealed(false)`: 7 bytes of envelope per datagram) or sealed with
+    /// a gossip keyring, as production nodes are (the default: 39 bytes).
+    pub fn sealed(mut self, on: bool) -> Self {
+        self.keyring = on.then(|| sim_keyring(self.seed));
+        self
     }
 
     fn push(&mut self, at: Duration, ev: Ev) {
@@ -236,12 +246,14 @@ impl Sim {
         self.nodes[i].incarnation += 1;
         let generation = self.nodes[i].life_start();
         let id = MemberId::new(addr(i), generation);
-        let mut core = Membership::new(
-            self.config.clone(),
-            id,
-            format!("n{i}"),
-            self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation,
-        );
+        let core_seed = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation;
+        let mut core = Membership::new(self.config.clone(), id, format!("n{i}"), core_seed);
+        if let Some(keyring) = &self.keyring {
+            // Seeded nonces, asked for by name, so that a seed replays byte for byte; a real
+            // node draws them from the system.
+            core.set_keyring(Some(keyring.clone()));
+            core.set_nonce_source(NonceSource::seeded_for_simulation(!core_seed));
+        }
         let now = self.base + self.now;
         if i != 0 {
             core.join(now, &[addr(0)]);
@@ -431,6 +443,13 @@ impl Sim {
             ..self.metrics.figures(&self.nodes, self.now, node_seconds)
         }
     }
+}
+
+/// The keyring of a run with `seed`: a key drawn from the seed, the same for every node.
+fn sim_keyring(seed: u64) -> Keyring {
+    let mut key = [0u8; 32];
+    rand::Rng::fill_bytes(&mut SmallRng::seed_from_u64(!seed), &mut key);
+    Keyring::new(GossipKey::new(key))
 }
 
 /// Runs every seed of `scenario`, measuring memory or not.

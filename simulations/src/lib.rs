@@ -6,6 +6,11 @@
 //! heals, crashes, restarts at the same address and joins in waves. Scenarios live in TOML files
 //! ([`Scenario`]); the same scenario and seed always produce the same figures, byte for byte.
 //!
+//! Nodes seal their datagrams with a gossip keyring, as production nodes do, so datagram sizes
+//! and bytes per node include the sealed envelope (39 bytes); the key and the nonces are seeded
+//! (`NonceSource::seeded_for_simulation`) to keep runs reproducible. [`Sim::sealed`]`(false)`
+//! (`mesh-sim run --unsealed`) runs them unsealed (7 bytes of envelope).
+//!
 //! Every run ends by checking invariants ([`Report::violations`]): every alive node holds the same
 //! registry, no alive node stays marked down, a crashed node's services are gone everywhere, and a
 //! restarted node is never mistaken for its predecessor.

@@ -1,4 +1,6 @@
-//! `mesh-sim run FILE [--json OUT] [--seeds 1,2,3]`: runs a scenario and prints its figures.
+//! `mesh-sim run FILE [--json OUT] [--seeds 1,2,3] [--no-memory] [--unsealed]`: runs a scenario
+//! and prints its figures. Nodes seal their datagrams with a gossip keyring, as production nodes
+//! do, unless `--unsealed` is given.
 //!
 //! Exit codes: 0 all invariants held; 1 an invariant was violated (the seed and step are
 //! printed for a replay); 2 bad usage or scenario file.
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: mesh-sim run SCENARIO.toml [--json OUT.jsonl|-] [--seeds 1,2,3] [--no-memory]"
+        "usage: mesh-sim run SCENARIO.toml [--json OUT.jsonl|-] [--seeds 1,2,3] [--no-memory] [--unsealed]"
     );
     ExitCode::from(2)
 }
@@ -20,10 +22,15 @@ fn main() -> ExitCode {
     let mut json = None;
     let mut seeds = None;
     let mut memory = true;
+    let mut sealed = true;
     let mut rest = args[2..].iter();
     while let Some(flag) = rest.next() {
         if flag == "--no-memory" {
             memory = false;
+            continue;
+        }
+        if flag == "--unsealed" {
+            sealed = false;
             continue;
         }
         match (flag.as_str(), rest.next()) {
@@ -62,7 +69,15 @@ fn main() -> ExitCode {
         scenario.seeds = s;
     }
     let started = std::time::Instant::now();
-    let reports = match mesh_simulations::run(&scenario, memory) {
+    let reports: Result<Vec<_>, String> = scenario
+        .seeds
+        .iter()
+        .map(|&seed| {
+            mesh_simulations::Sim::new(&scenario, seed)
+                .map(|s| s.sealed(sealed).run_measured(memory))
+        })
+        .collect();
+    let reports = match reports {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {file}: {e}");

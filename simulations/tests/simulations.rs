@@ -1,7 +1,7 @@
 //! The small deterministic subset CI runs, and the properties of the simulator itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mesh_simulations::{run, table, Scenario};
+use mesh_simulations::{run, table, Scenario, Sim};
 
 fn scenario(name: &str) -> Scenario {
     let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
@@ -73,5 +73,23 @@ fn a_violation_is_reported_with_its_seed_and_step() {
         r.violations[0].contains("replay: seed 7, step"),
         "{}",
         r.violations[0]
+    );
+}
+
+#[test]
+fn sealing_adds_32_bytes_to_every_datagram_and_changes_nothing_else() {
+    // foca's packets are sized for the sealed envelope in both modes, and sealing draws no
+    // randomness from the core: the same seed sends the same datagrams, each 39 - 7 bytes longer.
+    let s = scenario("ci-small");
+    let sealed = run(&s, false).unwrap().remove(0);
+    assert_eq!(sealed.seed, 1);
+    let plain = Sim::new(&s, 1).unwrap().sealed(false).run_measured(false);
+    assert_eq!(sealed.steps, plain.steps);
+    assert_eq!(sealed.msgs_per_node_s, plain.msgs_per_node_s);
+    // The report rounds messages to 0.01 and bytes to 1 per node-second.
+    let extra = (sealed.bytes_per_node_s - plain.bytes_per_node_s) / sealed.msgs_per_node_s;
+    assert!(
+        (extra - 32.0).abs() < 0.1,
+        "{extra} bytes more per datagram"
     );
 }

@@ -36,7 +36,6 @@ use crate::swim::{
 };
 
 mod keys;
-
 mod lifecycle;
 mod lookups;
 mod notifications;
