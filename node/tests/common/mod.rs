@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+// Only the RPC tests use it; the other test binaries compile it unused.
+#[allow(dead_code)]
+pub(crate) mod greeter;
+
 /// Polls `check` every 50 ms until it holds; panics naming `what` once `limit` has passed.
 pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where

@@ -15,7 +15,7 @@ use mesh_membership::MembershipConfig;
 use mesh_node::{typed, Credentials, Node, Service};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::Report;
+use crate::report::Report;
 
 /// Members of the large cluster, the measured node included.
 const CLUSTER: usize = 1000;

@@ -111,5 +111,5 @@ pub(crate) fn slowest(tallies: Vec<Tally>) -> Figures {
 
 /// One message of the raw baseline: a mesh data frame around a stamped 128-byte payload.
 pub(crate) fn message() -> anyhow::Result<Bytes> {
-    crate::raw::frame(&stamped(MESSAGE_LEN))
+    crate::wire::frame(&stamped(MESSAGE_LEN))
 }

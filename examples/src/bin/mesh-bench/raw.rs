@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use mesh_node::endpoint::{bind_socket, endpoint, EndpointConfig};
 use mesh_node::security::CLUSTER_SERVER_NAME;
 use mesh_node::Credentials;
-use mesh_protocol::frame::{FrameDecoder, FrameKind, DEFAULT_MAX_FRAME_LEN};
+use mesh_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_LEN};
 
 use crate::measure::Figures;
 use crate::oneway::{message as oneway_message, slowest, Tally};
@@ -142,11 +142,4 @@ pub(crate) async fn oneway(
     client.close(0u32.into(), b"done");
     drop(servers);
     Ok(slowest(seen))
-}
-
-/// Encodes one data frame as mesh does.
-pub(crate) fn frame(payload: &[u8]) -> anyhow::Result<Bytes> {
-    let mut out = BytesMut::with_capacity(payload.len() + 5);
-    mesh_protocol::frame::encode_frame(FrameKind::Data, payload, DEFAULT_MAX_FRAME_LEN, &mut out)?;
-    Ok(out.freeze())
 }
