@@ -157,7 +157,7 @@ impl NodeBuilder {
         self
     }
     /// Runs the node on a socket of quinn's own kind, such as a fault-injecting one (the
-    /// `chaos` feature's [`FaultySocket`](crate::chaos::FaultySocket)). It takes precedence over
+    /// `chaos` feature's `chaos::FaultySocket`). It takes precedence over
     /// [`socket`](Self::socket) and [`bind`](Self::bind).
     pub fn udp_socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
         self.quic_socket = Some(socket);

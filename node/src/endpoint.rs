@@ -77,7 +77,7 @@ pub fn endpoint(
     endpoint_on(socket, tls, config)
 }
 
-/// [`endpoint`] on any quinn socket (such as a [`FaultySocket`](crate::chaos::FaultySocket)).
+/// [`endpoint`] on any quinn socket (such as the `chaos` feature's `chaos::FaultySocket`).
 pub fn endpoint_on(
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     tls: &NodeTls,

@@ -76,7 +76,7 @@
 //! | [`endpoint`], [`security`] | the quinn endpoint, mutual TLS and cluster credentials |
 //! | [`wire`], [`stats`] | frames on QUIC streams and close codes; per-endpoint statistics |
 //!
-//! - **A datagram enters** in [`socket::SplitSocket::poll_recv`], polled by quinn's endpoint
+//! - **A datagram enters** in [`socket::SplitSocket`] (its `poll_recv`), polled by quinn's endpoint
 //!   driver: QUIC goes on to quinn, a gossip datagram to the sink [`gossip::start`] set up, which
 //!   queues it for the membership driver (`mesh_membership::MembershipHandle`), whose sans-IO core
 //!   opens and decodes it.
@@ -89,7 +89,7 @@
 //!
 //! # Features
 //!
-//! - `chaos` (off by default): [`chaos`], a fault-injecting UDP socket for chaos tests of real
+//! - `chaos` (off by default): the `chaos` module, a fault-injecting UDP socket for chaos tests of real
 //!   nodes ([`NodeBuilder::udp_socket`]).
 #![deny(missing_docs)]
 
