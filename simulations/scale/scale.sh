@@ -63,6 +63,7 @@ if [ -z "${MESH_CLUSTER_KEY:-}" ]; then
   MESH_CLUSTER_KEY=$("$MESH_NODE" keygen) || { echo "mesh-node keygen failed" >&2; exit 1; }
 fi
 export MESH_CLUSTER_KEY
+export NO_COLOR=1  # plain log lines (tracing-subscriber honours it)
 if [ -n "${WORK_DIR:-}" ]; then WORK=$WORK_DIR; mkdir -p "$WORK" || exit 1; else WORK=$(mktemp -d "${TMPDIR:-/tmp}/mesh-scale.XXXXXX"); fi
 if [ -n "$JSON_OUT" ]; then : >"$JSON_OUT" || { echo "cannot write $JSON_OUT" >&2; exit 1; }; fi
 
@@ -127,6 +128,14 @@ num() { if [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; then echo "$1"; else echo null; fi
 # ports in [lo, hi] that something listens on (TCP) or has bound (UDP)
 ports_taken() {
   ss -Htlnu | awk -v lo="$1" -v hi="$2" '{n=split($5,a,":"); p=a[n]+0; if(p>=lo && p<=hi) print p}' | sort -un | tr '\n' ' '
+}
+# what the nodes' logs say (needs RUST_LOG at info, the binary's default for `run`):
+# -> "warn error rejoins down_events down_members refused_connections"
+log_counts() {
+  sed 's/\x1b\[[0-9;]*m//g' "$DIR"/n*.log 2>/dev/null | awk '
+    / WARN /{w++} / ERROR /{e++} /declared down by the cluster/{r++} /refused connection/{f++}
+    /member down/{d++; if(match($0, /member=[^ ]+/)) m[substr($0, RSTART, RLENGTH)]=1}
+    END{n=0; for(k in m) n++; printf "%d %d %d %d %d %d\n", w, e, r, d, n, f}'
 }
 start_node() { # i [join]
   local i=$1 j=${2:-}
@@ -248,6 +257,10 @@ run_one() {
   local exited=0
   for p in "${PIDS[@]}"; do ours "$p" || exited=$((exited + 1)); done
 
+  # before the kills: members declared down, and nodes that found themselves declared down
+  local rejoins downs downm
+  read -r _ _ rejoins downs downm _ <<<"$(log_counts)"
+
   # (5) SIGKILL KILLS non-sampled nodes
   local tsus="timeout" tdown="timeout" last=""
   if ((KILLS > 0)); then
@@ -265,15 +278,14 @@ run_one() {
       sleep 0.5
     done
   fi
-  local lwarn lerr
-  lwarn=$(cat "$DIR"/n*.log 2>/dev/null | grep -c ' WARN ')
-  lerr=$(cat "$DIR"/n*.log 2>/dev/null | grep -c ' ERROR ')
+  local lwarn lerr lrefused
+  read -r lwarn lerr _ _ _ lrefused <<<"$(log_counts)"
 
-  printf 'N=%d converge_s=%s (%ss after the last join) [%s] (launch %ss, machine busy %s%%, udp rcvbuf drops %d) | quiet %ss: false_down_max=%d (max N-alive=%d, %d polls x4, %d unanswered) gossip_out=%s B/node/s dropped=%d (from %d/%d nodes) udp_drops=%d exited=%d | rss_mib median=%s max=%s | connections [%s] | cpu_ms_per_node_s=%s (nodes %s%% of machine, machine busy %s%%) | kill%d [%s]: seed alive=N-%d after %ss, all down after %ss [%s] | log lines: %d WARN, %d ERROR\n' \
+  printf 'N=%d converge_s=%s (%ss after the last join) [%s] (launch %ss, machine busy %s%%, udp rcvbuf drops %d) | quiet %ss: false_down_max=%d (max N-alive=%d, %d polls x4, %d unanswered) gossip_out=%s B/node/s dropped=%d (from %d/%d nodes) udp_drops=%d exited=%d | rss_mib median=%s max=%s | connections [%s] | cpu_ms_per_node_s=%s (nodes %s%% of machine, machine busy %s%%) | kill%d [%s]: seed alive=N-%d after %ss, all down after %ss [%s] | logs: before the kills %d rejoins (declared down), %d member-down events (%d members); %d WARN, %d ERROR, %d refused connections\n' \
     "$N" "$conv" "$after_last" "$seen" "$launch_s" "$jbusy" "$ujoin" "$QUIET_S" "$fd" "$fdmiss" "$polls" "$unanswered" \
     "$gossip_out" $((drop1 - drop0)) "$resp1" "$N" "$uquiet" "$exited" "${rss% *}" "${rss#* }" "${conns[*]}" \
-    "$cpu" "$agpct" "$busy" "$KILLS" "${KILL[*]}" "$KILLS" "$tsus" "$tdown" "$last" "$lwarn" "$lerr"
-  ROWS+=("$(printf '%5d %10s %10s %10d %7d %8s %8s %9s %11s %9s %9s %9d  %s' "$N" "$conv" "$after_last" "$fd" "$fdmiss" \
+    "$cpu" "$agpct" "$busy" "$KILLS" "${KILL[*]}" "$KILLS" "$tsus" "$tdown" "$last" "$rejoins" "$downs" "$downm" "$lwarn" "$lerr" "$lrefused"
+  ROWS+=("$(printf '%5d %10s %10s %10d %7d %7d %8s %8s %9s %11s %9s %9s %6d  %s' "$N" "$conv" "$after_last" "$fd" "$fdmiss" "$rejoins" \
     "${rss% *}" "${rss#* }" "$cpu" "$tsus" "$tdown" "$((ujoin + uquiet))" "$exited" "${conns[*]}")")
 
   if [ -n "$JSON_OUT" ]; then
@@ -285,6 +297,7 @@ run_one() {
       --argjson uj "$ujoin" --argjson uq "$uquiet" --argjson conns "$conn_json" --argjson exited "$exited" \
       --argjson gossip_out "$(num "$gossip_out")" --argjson quiet_s "$QUIET_S" --arg preset "$PRESET" \
       --argjson jbusy "$(num "$jbusy")" --argjson busy "$(num "$busy")" --argjson lwarn "$lwarn" --argjson lerr "$lerr" \
+      --argjson rejoins "$rejoins" --argjson downs "$downs" --argjson downm "$downm" --argjson lrefused "$lrefused" \
       '{n:$n, converged:$converged, converge_s:$converge_s, converge_after_last_join_s:$after_last, launch_s:$launch_s,
         seen:($seen|split("/")|map(split(":")|{(.[0]):(.[1]|tonumber? // null)})|add),
         false_down_max:$fd, missing_max:$fdmiss, quiet_s:$quiet_s, quiet_polls:$polls,
@@ -292,7 +305,9 @@ run_one() {
         kills:$kills, kill_suspect_s:$tsus, kill_down_s:$tdown,
         udp_drops:($uj+$uq), udp_drops_join:$uj, udp_drops_quiet:$uq, connections:$conns,
         gossip_out_bytes_per_node_s:$gossip_out, exited:$exited, preset:$preset,
-        machine_busy_join_pct:$jbusy, machine_busy_quiet_pct:$busy, log_warn:$lwarn, log_error:$lerr}' >>"$JSON_OUT"
+        machine_busy_join_pct:$jbusy, machine_busy_quiet_pct:$busy, log_warn:$lwarn, log_error:$lerr,
+        rejoins_before_kill:$rejoins, down_events_before_kill:$downs, down_members_before_kill:$downm,
+        refused_connections:$lrefused}' >>"$JSON_OUT"
   fi
   kill_all
 }
@@ -303,7 +318,7 @@ for n in "${NS[@]}"; do
   run_one "$n" || { r=$?; ((r > rc)) && rc=$r; }
 done
 echo
-printf '%5s %10s %10s %10s %7s %8s %8s %9s %11s %9s %9s %9s  %s\n' N converge_s after_last false_down N-alive rss_med rss_max \
+printf '%5s %10s %10s %10s %7s %7s %8s %8s %9s %11s %9s %9s %6s  %s\n' N converge_s after_last false_down N-alive rejoins rss_med rss_max \
   cpu_ms/n/s kill_susp_s kill_down udp_drops exited connections
 for row in "${ROWS[@]}"; do echo "$row"; done
 exit "$rc"
