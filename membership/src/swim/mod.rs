@@ -7,13 +7,14 @@
 //! - `envelope`: the datagram envelope (magic, version, cluster tag) checked before foca sees a
 //!   packet;
 //! - `codec`: the member identity [`SwimId`] and [`SwimCodec`], foca's wire codec;
-//! - `broadcast`: registry [`Item`]s and [`RegistryBroadcasts`], foca's custom-broadcast handler.
+//! - `broadcast`: registry [`Item`]s (digests only) and [`RegistryBroadcasts`], foca's
+//!   custom-broadcast handler.
 
 mod broadcast;
 mod codec;
 mod envelope;
 
-pub use broadcast::{lock, Item, ItemError, ItemKey, RegistryBroadcasts, Shared};
+pub use broadcast::{lock, Item, ItemError, ItemKey, RegistryBroadcasts, Shared, INBOX_CAPACITY};
 pub use codec::{decode_header_src, get_id, SwimCodec, SwimDecodeError, SwimId};
 pub use envelope::{
     cluster_tag, open_envelope, write_envelope, EnvelopeError, DATAGRAM_MAGIC, DATAGRAM_VERSION,
