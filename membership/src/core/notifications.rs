@@ -172,7 +172,7 @@ impl Membership {
                     .map(|r| (r.id.generation, r.version));
                 if held.is_none_or(|h| h < (id.generation, version)) {
                     trace!(owner = %id, version, ?sender, "digest of a newer record: pulling it");
-                    self.want(now, id, version, sender.map(|s| s.addr));
+                    self.want(now, id, version, sender.map(|s| s.addr), true);
                 }
             }
         }

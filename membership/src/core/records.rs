@@ -62,14 +62,15 @@ impl Membership {
         }
     }
 
-    /// Checks `signed` and applies it (see [`apply_record`](Self::apply_record)). A record that
+    /// Checks `signed` and applies it (see [`apply_record`](Self::apply_record); `spread` says,
+    /// by owner address, whether news of it is announced on). A record that
     /// does not decode, or whose proof does not verify for its owner's address, is refused and
     /// counted, whoever sent it; a copy no newer than ours is ignored before any check.
     pub(super) fn accept_record(
         &mut self,
         now: Instant,
         signed: SignedRecord,
-        spread: bool,
+        spread: impl Fn(SocketAddr) -> bool,
         from: Option<SocketAddr>,
     ) {
         let r = match signed.decode_record() {
@@ -113,6 +114,7 @@ impl Membership {
             }
             return;
         }
+        let spread = spread(addr);
         self.apply_record(now, r, Arc::new(signed), spread, from);
     }
 
@@ -231,18 +233,20 @@ impl Membership {
             .and_then(|e| e.record.as_ref())
             .is_some_and(|r| r.id.generation >= id.generation);
         if !have {
-            self.want(now, id, 1, None);
+            self.want(now, id, 1, None, false);
         }
     }
 
     /// Queues a pull of `id`'s record at `version` (or newer), from `via` (the peer whose digest
-    /// told us, which holds it) or else from the owner. At most `max_wanted` wait.
+    /// told us, which holds it) or else from the owner; `gossiped`: heard of in a digest. At most
+    /// `max_wanted` wait.
     pub(super) fn want(
         &mut self,
         now: Instant,
         id: MemberId,
         version: u64,
         via: Option<SocketAddr>,
+        gossiped: bool,
     ) {
         if id.addr == self.own.id.addr {
             return;
@@ -253,6 +257,7 @@ impl Membership {
             version,
             via,
             probe: false,
+            gossiped,
         };
         let room = self.wanted.len() < self.config.max_wanted;
         match self.wanted.get_mut(&id.addr) {
@@ -263,6 +268,7 @@ impl Membership {
                 if newer || (same && slot.via.is_none() && via.is_some()) {
                     *slot = want;
                 }
+                slot.gossiped |= gossiped;
             }
             None if room => {
                 self.wanted.insert(id.addr, want);

@@ -5,7 +5,7 @@
 //! pushed or relayed it. What a peer says about a third node without its owner's proof (a digest,
 //! a `down` list) is a hint: it can make us pull, or stop pulling, never change what we hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ impl Membership {
         let limit = self.config.max_records_per_sync;
         self.count_excess(now, request.records.len(), limit);
         for r in request.records.into_iter().take(limit) {
-            self.accept_record(now, r, true, Some(from));
+            self.accept_record(now, r, |_| true, Some(from));
         }
         let mut response = SyncResponse::default();
         let budget = self.config.max_sync_answer_bytes;
@@ -139,14 +139,20 @@ impl Membership {
                 }
             }
             Ok(resp) => {
-                // Records we pulled after hearing of them are news: announced on by a digest.
-                // Answers to full syncs are what the cluster already knows (announcing them all
-                // flooded the broadcast queue).
-                let spread = asked.is_some();
+                // Records we pulled after hearing of them in a digest are news still spreading:
+                // announced on by a digest of our own. Answers to full syncs, and records pulled
+                // because their member came up, are what every node fetches anyway (announcing
+                // them all flooded the broadcast queue, and cost 70% more bytes at 1,000 nodes).
+                let news: BTreeSet<SocketAddr> = asked
+                    .iter()
+                    .flatten()
+                    .filter(|w| w.gossiped)
+                    .map(|w| w.id.addr)
+                    .collect();
                 let limit = self.config.max_records_per_sync;
                 self.count_excess(now, resp.records.len(), limit);
                 for r in resp.records.into_iter().take(limit) {
-                    self.accept_record(now, r, spread, Some(peer));
+                    self.accept_record(now, r, |a| news.contains(&a), Some(peer));
                 }
                 self.apply_down_hints(now, &resp.down);
                 let push: Vec<SignedRecord> = resp
@@ -181,7 +187,7 @@ impl Membership {
                 .and_then(|e| e.record.as_ref())
                 .map(|r| (r.id.generation, r.version));
             if w.via.is_some() && held.is_none_or(|h| h < (w.id.generation, w.version)) {
-                self.want(now, w.id, w.version, None);
+                self.want(now, w.id, w.version, None, w.gossiped);
             }
         }
         self.drain(now);
@@ -323,6 +329,7 @@ impl Membership {
                     version: 0,
                     via: None,
                     probe,
+                    gossiped: false,
                 }],
             );
             self.sync_tasks.push_back(SyncTask {

@@ -18,6 +18,9 @@ pub(crate) struct Want {
     pub(crate) via: Option<SocketAddr>,
     /// A probe after a `down` hint: if the owner does not answer, SWIM suspects it.
     pub(crate) probe: bool,
+    /// Heard of in a digest: news still spreading, announced on once pulled. (A record pulled
+    /// because its member came up is not: every node pulls that one itself.)
+    pub(crate) gossiped: bool,
 }
 
 /// How many entries each table of a core holds: every table a peer can grow, for tests, metrics
