@@ -362,3 +362,52 @@ fn diff(before: Option<&NodeRecord>, after: Option<&NodeRecord>, events: &mut im
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_protocol::Proof;
+
+    use super::*;
+
+    fn id(port: u16) -> MemberId {
+        MemberId::new(SocketAddr::from(([127, 0, 0, 1], port)), 1)
+    }
+
+    #[test]
+    fn dormant_entries_are_indexed_by_when_they_became_dormant_and_never_our_own() {
+        let own = id(1);
+        let signed = Arc::new(SignedRecord::new(Vec::new(), Proof::default()));
+        let mut events = Vec::new();
+        let mut r = Registry::new(own, NodeRecord::new(own, "me"), signed, &mut events);
+        let t = Instant::now();
+        let later = t + Duration::from_secs(1);
+        // A member comes up, then goes down; another is only a record (dormant at once).
+        r.change(id(2).addr, t, &mut events, |e| {
+            e.live = Some((id(2), MemberState::Alive))
+        });
+        assert!(r.dormant.is_empty());
+        r.change(id(3).addr, t, &mut events, |e| {
+            e.record = Some(NodeRecord::new(id(3), "x"))
+        });
+        r.change(id(2).addr, later, &mut events, |e| {
+            e.live = Some((id(2), MemberState::Down))
+        });
+        assert_eq!(r.oldest_dormant(), Some((t, id(3).addr)));
+        assert_eq!(r.dormant.len(), 2);
+        // Coming back alive leaves the index; being forgotten too.
+        r.change(id(3).addr, later, &mut events, |e| {
+            e.live = Some((id(3), MemberState::Alive))
+        });
+        assert_eq!(r.oldest_dormant(), Some((later, id(2).addr)));
+        assert!(r.remove(id(2).addr, &mut events).is_some());
+        assert!(r.dormant.is_empty());
+        // Our own entry, even left, is never dormant nor removed.
+        r.change(own.addr, later, &mut events, |e| {
+            e.live = Some((own, MemberState::Left))
+        });
+        assert!(r.dormant.is_empty());
+        assert!(r.remove(own.addr, &mut events).is_none());
+    }
+}

@@ -169,3 +169,38 @@ fn ten_thousand_join_leave_cycles_keep_every_table_bounded() {
     );
     assert!(hub.stats().dead_expired > 0);
 }
+
+#[test]
+fn members_past_max_records_are_refused_and_counted() {
+    let mut cfg = MembershipConfig::local();
+    cfg.max_records = 4;
+    let hub_addr: SocketAddr = "10.0.0.1:7946".parse().unwrap();
+    let mut hub = Membership::new(cfg.clone(), MemberId::new(hub_addr, 1), "hub", 1);
+    let mut now = Instant::now();
+    // Ten members join and stay: the hub registers three besides itself, refuses the rest.
+    let mut others: Vec<Membership> = (0..10u32)
+        .map(|i| {
+            let mut t = Membership::new(
+                MembershipConfig::local(),
+                MemberId::new(transient_addr(i), 1),
+                format!("t{i}"),
+                u64::from(i) + 3,
+            );
+            t.join(now, &[hub_addr]);
+            t
+        })
+        .collect();
+    for _ in 0..100 {
+        now += Duration::from_millis(10);
+        hub.handle_timeout(now);
+        for t in &mut others {
+            t.handle_timeout(now);
+            exchange(&mut hub, Some(t), now);
+        }
+        let s = hub.table_sizes();
+        assert!(s.registry <= cfg.max_records, "{s:?}");
+        assert!(s.swim_active <= cfg.max_records, "{s:?}");
+    }
+    assert!(hub.stats().members_refused > 0, "{:?}", hub.stats());
+    assert_eq!(hub.num_active(), cfg.max_records);
+}
