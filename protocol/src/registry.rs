@@ -395,6 +395,18 @@ mod tests {
         assert_eq!(back.decode_record().unwrap(), record());
         assert!(SignedRecord::signing_input(&s.record).starts_with(RECORD_SIGNING_CONTEXT));
         assert!(Proof::default().is_empty() && !s.proof.is_empty());
+        // The wire form PROTOCOL.md §6 gives, for a record of one byte and an empty proof.
+        let tiny = to_msgpack(&SignedRecord::new(vec![0x80], Proof::default())).unwrap();
+        let mut expected = vec![0x82, 0xa6];
+        expected.extend_from_slice(b"record");
+        expected.extend_from_slice(&[0xc4, 1, 0x80, 0xa5]);
+        expected.extend_from_slice(b"proof");
+        expected.extend_from_slice(&[0x82, 0xa4]);
+        expected.extend_from_slice(b"cert");
+        expected.extend_from_slice(&[0xc4, 0, 0xa3]);
+        expected.extend_from_slice(b"sig");
+        expected.extend_from_slice(&[0xc4, 0]);
+        assert_eq!(tiny, expected);
         // A record too large is refused before parsing.
         let big = SignedRecord::new(vec![0; MAX_RECORD_LEN + 1], Proof::default());
         assert!(matches!(
