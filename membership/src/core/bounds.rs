@@ -63,8 +63,10 @@ impl Membership {
             if since + retention > now {
                 break;
             }
+            if !self.forget(addr) {
+                break;
+            }
             self.stats.dead_expired += 1;
-            self.forget(addr);
         }
         while self.swim_down.front().is_some_and(|(t, _)| *t <= now) {
             if let Some((_, id)) = self.swim_down.pop_front() {
@@ -82,7 +84,9 @@ impl Membership {
             let Some((_, addr)) = self.registry.oldest_dormant() else {
                 break;
             };
-            self.forget(addr);
+            if !self.forget(addr) {
+                break;
+            }
             evicted += 1;
         }
         while self.swim_down.len() > max {
@@ -112,8 +116,10 @@ impl Membership {
         let Some((_, addr)) = self.registry.oldest_dormant() else {
             return false;
         };
+        if !self.forget(addr) {
+            return false;
+        }
         self.stats.dead_evicted += 1;
-        self.forget(addr);
         self.registry.entries.len() < self.config.max_records
     }
 
@@ -138,19 +144,25 @@ impl Membership {
         false
     }
 
-    /// Forgets the registry entry of `addr` (a dormant one) and what was queued for it.
-    fn forget(&mut self, addr: std::net::SocketAddr) {
+    /// Forgets the registry entry of `addr` (a dormant one) and what was queued for it; false
+    /// if there was none to forget (our own is never forgotten).
+    fn forget(&mut self, addr: std::net::SocketAddr) -> bool {
         let mut sink = VecDeque::new();
-        if let Some(e) = self.registry.remove(addr, &mut sink) {
-            if let Some((id, _)) = e.live {
-                self.verify.remove(&id);
-            }
-            if let Some(r) = &e.record {
-                self.verify.remove(&r.id);
-            }
-            self.wanted.remove(&addr);
+        let Some(e) = self.registry.remove(addr, &mut sink) else {
+            // Nothing to forget (never our own): at least no index entry may stay behind, or
+            // the next expiry would be due forever.
+            self.registry.dormant.retain(|(_, a)| *a != addr);
+            return false;
+        };
+        if let Some((id, _)) = e.live {
+            self.verify.remove(&id);
         }
+        if let Some(r) = &e.record {
+            self.verify.remove(&r.id);
+        }
+        self.wanted.remove(&addr);
         self.events.extend(sink);
+        true
     }
 
     /// Has SWIM forget the down member `id` now (nothing happens if it came back meanwhile).
