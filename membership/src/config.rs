@@ -21,9 +21,6 @@ pub struct MembershipConfig {
     /// the sealed envelope's 39 bytes ([`MAX_OVERHEAD`](crate::swim::MAX_OVERHEAD)) whether or not
     /// a keyring is set; a value below 295 is raised to 295.
     pub max_datagram_size: usize,
-    /// A record whose encoding fits in this many bytes is gossiped whole; a larger one is gossiped
-    /// as a digest and pulled by whoever needs it.
-    pub inline_record_max: usize,
     /// Interval of push/pull anti-entropy with one random member.
     pub anti_entropy_interval: Duration,
     /// First retry delay when no seed answers; doubles up to `join_backoff_max`.
@@ -37,9 +34,44 @@ pub struct MembershipConfig {
     pub max_concurrent_syncs: usize,
     /// Time allowed for one registry sync before it counts as failed.
     pub sync_timeout: Duration,
-    /// Records held at most (members known by address). Further records are dropped and counted.
+    /// Addresses known at most: registry entries (members alive, suspect, down or left, and
+    /// records awaiting their owner), which also caps SWIM's active members. Down and left
+    /// entries are evicted first; past that, a new record is dropped and a new member refused
+    /// (both counted). Default 65,536.
     pub max_records: usize,
+    /// How long a down or left member (its registry entry, and its place in SWIM's member table:
+    /// foca's `remove_down_after`) and a record whose owner was never confirmed alive are kept.
+    /// memberlist forgets the dead after `GossipToTheDeadTime` (30 s on LANs); we keep them
+    /// longer so that foca's announcements to down members (every 65 s on LANs) can find a healed
+    /// partition, and rely on [`max_dead`](Self::max_dead) for the bound. foca's own default is
+    /// 24 h. LAN 5 min, WAN 10 min, local 60 s.
+    pub dead_retention: Duration,
+    /// Down and left members (and unconfirmed records) kept at most, in the registry and in
+    /// SWIM's member table each; the oldest are forgotten first, before `dead_retention`.
+    /// Default 1,024.
+    pub max_dead: usize,
+    /// Record pulls queued at most (records heard of in digests, members to confirm with their
+    /// owner). Further ones are dropped and counted; anti-entropy finds them later. Default 1,024.
+    pub max_wanted: usize,
+    /// Identities listed at most in the `down` hint of an answer to a full sync: the most recent
+    /// deaths first (within `dead_retention`). Default 256.
+    pub max_down_list: usize,
+    /// Records handled at most from one sync message (pushed in a request, or returned in an
+    /// answer); the rest are ignored and counted, and a later sync brings them. Bounds the
+    /// signature checks one peer can cause at once. Default 4,096.
+    pub max_records_per_sync: usize,
+    /// Encoded bytes of records at most in one sync answer: half the 16 MiB sync frame, so an
+    /// answer always fits. A requester gets the rest in its next sync. Default 8 MiB.
+    pub max_sync_answer_bytes: usize,
 }
+
+/// Defaults of the caps shared by every preset.
+const MAX_RECORDS: usize = 65_536;
+const MAX_DEAD: usize = 1_024;
+const MAX_WANTED: usize = 1_024;
+const MAX_DOWN_LIST: usize = 256;
+const MAX_RECORDS_PER_SYNC: usize = 4_096;
+const MAX_SYNC_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// A datagram size that fits any path with a 1500-byte MTU and a QUIC or IPv6 overhead:
 /// foca's own default `max_packet_size` (1400).
@@ -49,28 +81,35 @@ impl MembershipConfig {
     /// For a LAN. SWIM settings are foca's `Config::new_lan(cluster_size)` (themselves derived from
     /// memberlist's `DefaultLANConfig`): probe every 1 s, 500 ms to ack, suspicion timeout
     /// `4 × max(1, log10 n)` s, gossip every 200 ms to 3 members, announce to 2 down members every
-    /// 65 s. Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs.
+    /// 65 s. Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs. Down and left
+    /// members are kept 5 minutes (`dead_retention`; foca's `remove_down_after` follows it).
     pub fn lan(cluster_size: u32) -> Self {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             cluster: "mesh".into(),
             swim: foca::Config::new_lan(n),
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
-            inline_record_max: 512,
             anti_entropy_interval: Duration::from_secs(30),
             join_backoff_min: Duration::from_secs(1),
             join_backoff_max: Duration::from_secs(30),
             seed_recheck_interval: Duration::from_secs(30),
             max_concurrent_syncs: 8,
             sync_timeout: Duration::from_secs(5),
-            max_records: 65_536,
+            max_records: MAX_RECORDS,
+            dead_retention: Duration::from_secs(300),
+            max_dead: MAX_DEAD,
+            max_wanted: MAX_WANTED,
+            max_down_list: MAX_DOWN_LIST,
+            max_records_per_sync: MAX_RECORDS_PER_SYNC,
+            max_sync_answer_bytes: MAX_SYNC_ANSWER_BYTES,
         }
     }
 
     /// For a WAN. SWIM settings are foca's `Config::new_wan(cluster_size)` (from memberlist's
     /// `DefaultWANConfig`): probe every 5 s, 3 s to ack, suspicion timeout `6 × max(1, log10 n) × 5` s,
     /// gossip every 500 ms to 4 members. Anti-entropy every 60 s is memberlist's WAN
-    /// `PushPullInterval`.
+    /// `PushPullInterval`. Down and left members are kept 10 minutes (four of foca's WAN
+    /// announcements to down members, every 125 s).
     pub fn wan(cluster_size: u32) -> Self {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
@@ -79,6 +118,7 @@ impl MembershipConfig {
             join_backoff_max: Duration::from_secs(60),
             seed_recheck_interval: Duration::from_secs(60),
             sync_timeout: Duration::from_secs(15),
+            dead_retention: Duration::from_secs(600),
             ..Self::lan(cluster_size)
         }
     }
@@ -99,7 +139,6 @@ impl MembershipConfig {
         swim.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
         swim.max_transmissions = NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN);
         swim.suspect_to_down_after = Duration::from_secs(1);
-        swim.remove_down_after = Some(Duration::from_secs(60));
         swim.notify_down_members = true;
         let every = |ms, n| {
             Some(PeriodicParams {
@@ -114,14 +153,19 @@ impl MembershipConfig {
             cluster: "mesh".into(),
             swim,
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
-            inline_record_max: 512,
             anti_entropy_interval: Duration::from_secs(3),
             join_backoff_min: Duration::from_millis(100),
             join_backoff_max: Duration::from_secs(1),
             seed_recheck_interval: Duration::from_secs(2),
             max_concurrent_syncs: 8,
             sync_timeout: Duration::from_secs(2),
-            max_records: 65_536,
+            max_records: MAX_RECORDS,
+            dead_retention: Duration::from_secs(60),
+            max_dead: MAX_DEAD,
+            max_wanted: MAX_WANTED,
+            max_down_list: MAX_DOWN_LIST,
+            max_records_per_sync: MAX_RECORDS_PER_SYNC,
+            max_sync_answer_bytes: MAX_SYNC_ANSWER_BYTES,
         }
     }
 

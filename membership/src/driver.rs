@@ -319,7 +319,7 @@ impl Driver {
                     Incoming::Datagram { from, data } => self.core.handle_datagram(now(), from, &data),
                     Incoming::Sync { from, request, reply } => {
                         debug!(%from, digests = request.digests.len(), "serving registry sync");
-                        let _ = reply.send(self.core.handle_sync_request(now(), request));
+                        let _ = reply.send(self.core.handle_sync_request(now(), from, request));
                     }
                 },
                 Some((peer, result)) = self.sync_done.1.recv() => {

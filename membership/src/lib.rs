@@ -44,21 +44,42 @@
 //!
 //! SWIM itself (probes, acks, indirect probes, membership updates piggybacked on them) rides
 //! datagrams of at most `max_datagram_size` bytes (1400 by default). Each node owns one versioned
-//! [`NodeRecord`](mesh_protocol::NodeRecord) (name, labels, services, subscriptions); a change
-//! bumps its version and is announced as a foca *custom broadcast*, retransmitted
-//! `max_transmissions` times and replaced in flight by any newer version of the same record:
+//! [`NodeRecord`](mesh_protocol::NodeRecord) (name, labels, services, subscriptions) and signs it
+//! ([`RecordAuth`]); a record always travels with its owner's proof, as a
+//! [`SignedRecord`](mesh_protocol::SignedRecord), and only over reliable syncs.
 //!
-//! - a record that encodes to at most `inline_record_max` bytes (512) travels **whole**;
-//! - a larger one travels as a **digest** (owner id + version, 24 bytes). A node that hears of a
-//!   version newer than it holds emits a [`SyncTask`] to **pull** the record from its owner over a
-//!   reliable stream (QUIC stream, or TCP for the UDP transport). A record of 200 endpoints
-//!   (about 22 KiB) reaches every node this way.
+//! - **Gossip carries digests only** (owner id + version, 24 bytes): a foca custom broadcast,
+//!   retransmitted `max_transmissions` times and replaced in flight by any newer version. A whole
+//!   record with its proof (certificate and signature, about 400 bytes more than the record) would
+//!   fill most of a datagram, so records are never inlined.
+//! - A node gossips a digest only once it **holds** the record (its own, or one it has checked),
+//!   so a node that hears a digest newer than its copy emits a [`SyncTask`] to **pull** the record
+//!   from the peer that gossiped it, and from the owner if that peer does not have it. Each pull
+//!   thus lands on a random holder instead of on the owner, whatever the cluster size; a record of
+//!   200 endpoints (about 22 KiB) reaches every node this way.
 //!
 //! Three more pulls heal whatever gossip missed: a node that has just joined pulls the **whole
 //! registry** from the member that answered; every `anti_entropy_interval` each node does a
 //! **push/pull** with one random member (its digests and own record out, newer records back, and
 //! the records the peer lacks pushed in a follow-up); and a `MemberUp` for an identity whose
 //! record is missing triggers a pull from it.
+//!
+//! # Who speaks for a record
+//!
+//! Only its owner. A record of node X is accepted only with a proof that the core's
+//! [`RecordAuth`] verifies for X's address, whoever delivered it: a pull from X, a relay, a push,
+//! an answer to a full sync. A record that fails is refused, counted
+//! ([`Stats::records_forged`]) and changes nothing. What a peer says about a third node without
+//! X's proof is a **hint**: a digest makes us pull; a `down` list in a sync answer makes us probe
+//! the member with a pull from its address (no answer makes SWIM suspect it, which it can refute
+//! within `suspect_to_down_after`) and stop pulling records of identities we hold no live member
+//! for. It never marks a member down or left by itself.
+//!
+//! The default [`Unsigned`] signs nothing and accepts everything: **no protection**, for the plain
+//! UDP transport, tests and simulations. The node crate gives each core its TLS certificate and
+//! key ([`Membership::set_record_auth`]). In cluster-CA mode only the CA can issue a certificate
+//! naming an address, so no member can speak for another; in cluster-key mode every key holder can
+//! mint certificates, so the proof keeps out non-members only.
 //!
 //! # What "down" means, and how fast
 //!
@@ -93,7 +114,16 @@
 //! decodable SWIM header; everything else is counted in [`Stats`] (in exactly one field) and
 //! dropped. Decoders never panic. Queues between transport and driver are bounded
 //! (datagrams are dropped when full), syncs in flight are capped (`max_concurrent_syncs`), records
-//! are at most 1 MiB and at most `max_records` of them are held.
+//! are at most 1 MiB.
+//!
+//! Every table a peer can grow has a cap in [`MembershipConfig`] and, for the dead, an end:
+//! registry entries (`max_records`, which also caps SWIM's active members), down and left members
+//! and unconfirmed records (`max_dead`, forgotten after `dead_retention` in the registry and in
+//! foca's table alike, the oldest first), pulls waiting (`max_wanted`), the `down` hint of a full
+//! sync (`max_down_list`, recent deaths only), records handled per sync (`max_records_per_sync`)
+//! and bytes per answer (`max_sync_answer_bytes`). Overflows are counted in [`Stats`] and logged
+//! at most once per 10 s; [`Membership::table_sizes`] reports every table's size. A node among
+//! processes that join and leave for a month stays the same size.
 //!
 //! # Sealed gossip
 //!
@@ -136,6 +166,7 @@
 //! [foca]: https://docs.rs/foca
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 mod core;
 pub mod driver;
@@ -144,8 +175,9 @@ pub mod registry;
 pub mod swim;
 pub mod transport;
 
+pub use crate::auth::{AuthError, RecordAuth, Unsigned};
 pub use crate::config::MembershipConfig;
-pub use crate::core::{Membership, Stats, SyncTask, Transmit};
+pub use crate::core::{Membership, Stats, SyncTask, TableSizes, Transmit};
 pub use crate::driver::{KeyChangeError, MembershipHandle, Stopped};
 pub use crate::generation::generation_now;
 pub use crate::registry::{Directory, Event, MemberInfo, MemberState, ServiceNode};

@@ -3,12 +3,17 @@
 //! A node's services are visible in lookups only while SWIM holds its identity alive (or
 //! suspect) *and* the record held is that identity's (same generation) *and* the record is not a
 //! farewell (`leaving`). Every change is diffed into [`Event`]s.
+//!
+//! Entries that are not active (down, left, or a record whose owner SWIM does not know) are
+//! *dormant*: indexed by the time they became so, so that the core can forget the oldest first
+//! (`max_dead`) and each after `dead_retention`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use mesh_protocol::{MemberId, NodeRecord, ServiceInfo};
+use mesh_protocol::{MemberId, NodeRecord, ServiceInfo, SignedRecord};
 
 /// A member's state as the registry reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -196,6 +201,10 @@ pub enum Event {
 pub(crate) struct Entry {
     pub(crate) live: Option<(MemberId, MemberState)>,
     pub(crate) record: Option<NodeRecord>,
+    /// `record` as its owner signed it: what sync answers and pushes relay.
+    pub(crate) signed: Option<Arc<SignedRecord>>,
+    /// Since when the entry is dormant (not active), if it is.
+    pub(crate) since: Option<Instant>,
 }
 
 impl Entry {
@@ -208,32 +217,96 @@ impl Entry {
 }
 
 /// Liveness and records of every address known.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     /// Ordered, so that everything derived from it (sync answers, digests) is deterministic.
     pub(crate) entries: BTreeMap<SocketAddr, Entry>,
     /// Grows by one with every change to what lookups see.
     pub(crate) revision: u64,
+    /// Dormant entries by the time they became dormant, oldest first. Our own address is never
+    /// in it (our own entry is never forgotten).
+    pub(crate) dormant: BTreeSet<(Instant, SocketAddr)>,
+    own: SocketAddr,
 }
 
 impl Registry {
-    /// Applies `f` to the entry of `addr` (created if absent) and pushes the service events the
-    /// change causes.
+    /// A registry holding `own`'s entry, active, with `record`.
+    pub(crate) fn new(
+        own: MemberId,
+        record: NodeRecord,
+        signed: Arc<SignedRecord>,
+        events: &mut impl Extend<Event>,
+    ) -> Self {
+        let entry = Entry {
+            live: Some((own, MemberState::Alive)),
+            record: Some(record),
+            signed: Some(signed),
+            since: None,
+        };
+        diff(None, entry.visible(), events);
+        Self {
+            entries: BTreeMap::from([(own.addr, entry)]),
+            revision: 1,
+            dormant: BTreeSet::new(),
+            own: own.addr,
+        }
+    }
+
+    /// Applies `f` to the entry of `addr` (created if absent) at `now` and pushes the service
+    /// events the change causes.
     pub(crate) fn change<R>(
         &mut self,
         addr: SocketAddr,
+        now: Instant,
         events: &mut impl Extend<Event>,
         f: impl FnOnce(&mut Entry) -> R,
     ) -> R {
         let entry = self.entries.entry(addr).or_default();
         let before = entry.visible().cloned();
         let out = f(entry);
+        let dormant = !entry.live.is_some_and(|(_, s)| s.is_active()) && addr != self.own;
+        match (entry.since, dormant) {
+            (None, true) => {
+                entry.since = Some(now);
+                self.dormant.insert((now, addr));
+            }
+            (Some(t), false) => {
+                entry.since = None;
+                self.dormant.remove(&(t, addr));
+            }
+            _ => {}
+        }
         let after = entry.visible();
         if before.as_ref() != after {
             self.revision += 1;
         }
         diff(before.as_ref(), after, events);
         out
+    }
+
+    /// Forgets the entry of `addr` (never our own) and pushes the events that causes.
+    pub(crate) fn remove(
+        &mut self,
+        addr: SocketAddr,
+        events: &mut impl Extend<Event>,
+    ) -> Option<Entry> {
+        if addr == self.own {
+            return None;
+        }
+        let entry = self.entries.remove(&addr)?;
+        if let Some(t) = entry.since {
+            self.dormant.remove(&(t, addr));
+        }
+        if let Some(before) = entry.visible() {
+            self.revision += 1;
+            diff(Some(before), None, events);
+        }
+        Some(entry)
+    }
+
+    /// The oldest dormant entry: when it became dormant, and its address.
+    pub(crate) fn oldest_dormant(&self) -> Option<(Instant, SocketAddr)> {
+        self.dormant.first().copied()
     }
 
     pub(crate) fn visible(&self) -> impl Iterator<Item = &NodeRecord> {
@@ -287,5 +360,54 @@ fn diff(before: Option<&NodeRecord>, after: Option<&NodeRecord>, events: &mut im
                 version: a.version,
             }]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_protocol::Proof;
+
+    use super::*;
+
+    fn id(port: u16) -> MemberId {
+        MemberId::new(SocketAddr::from(([127, 0, 0, 1], port)), 1)
+    }
+
+    #[test]
+    fn dormant_entries_are_indexed_by_when_they_became_dormant_and_never_our_own() {
+        let own = id(1);
+        let signed = Arc::new(SignedRecord::new(Vec::new(), Proof::default()));
+        let mut events = Vec::new();
+        let mut r = Registry::new(own, NodeRecord::new(own, "me"), signed, &mut events);
+        let t = Instant::now();
+        let later = t + Duration::from_secs(1);
+        // A member comes up, then goes down; another is only a record (dormant at once).
+        r.change(id(2).addr, t, &mut events, |e| {
+            e.live = Some((id(2), MemberState::Alive))
+        });
+        assert!(r.dormant.is_empty());
+        r.change(id(3).addr, t, &mut events, |e| {
+            e.record = Some(NodeRecord::new(id(3), "x"))
+        });
+        r.change(id(2).addr, later, &mut events, |e| {
+            e.live = Some((id(2), MemberState::Down))
+        });
+        assert_eq!(r.oldest_dormant(), Some((t, id(3).addr)));
+        assert_eq!(r.dormant.len(), 2);
+        // Coming back alive leaves the index; being forgotten too.
+        r.change(id(3).addr, later, &mut events, |e| {
+            e.live = Some((id(3), MemberState::Alive))
+        });
+        assert_eq!(r.oldest_dormant(), Some((later, id(2).addr)));
+        assert!(r.remove(id(2).addr, &mut events).is_some());
+        assert!(r.dormant.is_empty());
+        // Our own entry, even left, is never dormant nor removed.
+        r.change(own.addr, later, &mut events, |e| {
+            e.live = Some((own, MemberState::Left))
+        });
+        assert!(r.dormant.is_empty());
+        assert!(r.remove(own.addr, &mut events).is_none());
     }
 }

@@ -102,7 +102,9 @@ impl Net {
                     while let Some(s) = self.nodes[i].poll_sync() {
                         quiet = false;
                         let resp = match self.index(s.peer) {
-                            Some(to) => Ok(self.nodes[to].handle_sync_request(now, s.request)),
+                            Some(to) => {
+                                Ok(self.nodes[to].handle_sync_request(now, addr(i), s.request))
+                            }
                             None => Err("unreachable"),
                         };
                         self.nodes[i].handle_sync_response(now, s.peer, resp);

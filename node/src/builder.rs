@@ -26,6 +26,7 @@ use crate::pubsub::local::Subscribers;
 use crate::pubsub::options::{SubscriberWrapper, DEFAULT_SUBSCRIPTION_QUEUE};
 use crate::pubsub::publish::Publisher;
 use crate::pubsub::serve::serve as serve_publish;
+use crate::record_auth::TlsRecordAuth;
 use crate::rpc::handler::{wrap_all, Wrapper};
 use crate::rpc::router::Router;
 use crate::rpc::serve::{serve_streaming, serve_unary};
@@ -333,6 +334,8 @@ impl NodeBuilder {
         let mut core = Membership::new(mconfig, id, name.clone(), id.generation);
         core.set_require_source_match(true);
         core.set_keyring(Some(keyring));
+        // Records are believed only with their owner's signature, checked against the cluster CA.
+        core.set_record_auth(Arc::new(TlsRecordAuth::from_node_tls(&tls.ca_cert, &tls)?));
         let labels = self.labels;
         let published = infos.clone();
         core.update_record(Instant::now(), move |r| {

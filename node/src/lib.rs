@@ -103,6 +103,7 @@ pub mod endpoint;
 pub mod gossip;
 mod node;
 pub mod pubsub;
+pub mod record_auth;
 pub mod rpc;
 pub mod security;
 pub mod socket;

@@ -59,6 +59,6 @@ pub use header::{
     MAX_NAME_LEN,
 };
 pub use registry::{
-    Digest, EndpointInfo, MemberId, NodeRecord, ServiceInfo, Subscription, SyncRequest,
-    SyncResponse, MAX_RECORD_LEN,
+    Digest, EndpointInfo, MemberId, NodeRecord, Proof, ServiceInfo, SignedRecord, Subscription,
+    SyncRequest, SyncResponse, MAX_RECORD_LEN, RECORD_SIGNING_CONTEXT,
 };

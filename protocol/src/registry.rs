@@ -1,8 +1,10 @@
 //! Registry wire types: member identities, node records and the registry sync exchange.
 //!
-//! Every node owns one [`NodeRecord`]. Gossip carries small items about records (a digest, or the
-//! whole record when it is small); anything larger is pulled with a [`SyncRequest`], which the
-//! owner (or any member holding a newer copy) answers with a [`SyncResponse`].
+//! Every node owns one [`NodeRecord`] and signs it: a record travels as a [`SignedRecord`] (the
+//! record's exact bytes and the owner's [`Proof`]), so that any member can relay it and every
+//! receiver can check it against its owner. Gossip carries only [`Digest`]s (owner id and
+//! version); records are pulled with a [`SyncRequest`], which the owner (or any member holding a
+//! copy) answers with a [`SyncResponse`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -150,6 +152,78 @@ pub struct Digest {
     pub version: u64,
 }
 
+/// Prepended to a record's bytes to form what its owner signs ([`SignedRecord::signing_input`]), so
+/// that a record signature can never be taken for a signature of anything else made with the same
+/// key (a TLS handshake, another protocol).
+pub const RECORD_SIGNING_CONTEXT: &[u8] = b"mesh record v1\0";
+
+/// What a verifier needs to check that a record was made by its owner: the owner's certificate
+/// (DER) and its signature over [`SignedRecord::signing_input`]. Both are empty where records are
+/// not signed (the standalone UDP transport, tests, simulations): such a proof convinces only a
+/// node that checks nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Proof {
+    /// The owner's certificate, DER (MessagePack `bin`).
+    #[serde(default, with = "bin")]
+    pub cert: Vec<u8>,
+    /// The owner's signature (MessagePack `bin`; 64 bytes for Ed25519).
+    #[serde(default, with = "bin")]
+    pub sig: Vec<u8>,
+}
+
+impl Proof {
+    /// Whether this proof carries nothing (an unsigned record).
+    pub fn is_empty(&self) -> bool {
+        self.cert.is_empty() && self.sig.is_empty()
+    }
+}
+
+/// A record as it travels in syncs: the exact bytes its owner encoded (a MessagePack
+/// [`NodeRecord`]) and the owner's [`Proof`] over them. Relays forward the bytes unchanged, so
+/// the proof stays valid whoever delivers the record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignedRecord {
+    /// The encoded [`NodeRecord`] (MessagePack `bin`, at most [`MAX_RECORD_LEN`] bytes).
+    #[serde(with = "bin")]
+    pub record: Vec<u8>,
+    /// The owner's proof over [`signing_input`](Self::signing_input).
+    #[serde(default)]
+    pub proof: Proof,
+}
+
+impl SignedRecord {
+    /// The record bytes `record` with `proof`, which must have been made over
+    /// [`signing_input`](Self::signing_input) of those bytes (see [`SignedRecord::encode`]).
+    pub fn new(record: Vec<u8>, proof: Proof) -> Self {
+        Self { record, proof }
+    }
+
+    /// The record's encoding, ready to be signed: `(bytes, signing input)`.
+    pub fn encode(record: &NodeRecord) -> Result<(Vec<u8>, Vec<u8>), CodecError> {
+        let bytes = record.encode()?;
+        let input = Self::signing_input(&bytes);
+        Ok((bytes, input))
+    }
+
+    /// What the owner signs: [`RECORD_SIGNING_CONTEXT`] followed by the record's bytes.
+    pub fn signing_input(record: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_SIGNING_CONTEXT.len() + record.len());
+        out.extend_from_slice(RECORD_SIGNING_CONTEXT);
+        out.extend_from_slice(record);
+        out
+    }
+
+    /// Decodes the record (at most [`MAX_RECORD_LEN`] bytes). The proof is not checked here.
+    pub fn decode_record(&self) -> Result<NodeRecord, CodecError> {
+        NodeRecord::decode(&self.record)
+    }
+
+    /// Bytes this signed record occupies, about as encoded (record, certificate, signature).
+    pub fn size(&self) -> usize {
+        self.record.len() + self.proof.cert.len() + self.proof.sig.len()
+    }
+}
+
 /// A registry pull (and push). Sent as the `Header` frame of a `RegistrySync` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SyncRequest {
@@ -162,26 +236,66 @@ pub struct SyncRequest {
     #[serde(default)]
     pub full: bool,
     /// Records pushed to the responder (the requester's own record, and records the responder
-    /// asked for in an earlier `want`).
+    /// asked for in an earlier `want`), each with its owner's proof. The responder checks each
+    /// proof against the record's owner, whoever pushed it.
     #[serde(default)]
-    pub records: Vec<NodeRecord>,
+    pub records: Vec<SignedRecord>,
 }
 
 /// The answer to a [`SyncRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SyncResponse {
-    /// Records newer than the requester's digests (see [`SyncRequest::full`]).
+    /// Records newer than the requester's digests (see [`SyncRequest::full`]), each with its
+    /// owner's proof.
     #[serde(default)]
-    pub records: Vec<NodeRecord>,
+    pub records: Vec<SignedRecord>,
     /// Members whose record the requester holds in a newer version than the responder: the
     /// requester may push them in a follow-up request.
     #[serde(default)]
     pub want: Vec<MemberId>,
-    /// In answer to a full pull: identities the responder knows to be down or gone. A requester
-    /// that still holds one of them alive marks it down (push/pull heals SWIM's state too, as in
-    /// memberlist). Down is final for an identity, so this can never hide a live node.
+    /// In answer to a full pull: identities the responder recently saw go down or leave (the most
+    /// recent first, at most a configured number). A **hint**, never a verdict: a requester never
+    /// marks a member it sees alive down because of it; it only stops pulling records of these
+    /// identities where it sees no live member for them.
     #[serde(default)]
     pub down: Vec<MemberId>,
+}
+
+/// `Vec<u8>` as MessagePack `bin` (serde's default would be an array of integers). Decoding also
+/// accepts an array of integers.
+mod bin {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                // The declared length was checked against the input by `from_msgpack`; grow as
+                // elements arrive anyway.
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
 }
 
 /// `SocketAddr` as its display string, whatever the format's human-readability.
@@ -241,14 +355,14 @@ mod tests {
                 version: 2,
             }],
             full: true,
-            records: vec![record()],
+            records: vec![signed()],
         };
         assert_eq!(
             from_msgpack::<SyncRequest>(&to_msgpack(&req).unwrap()).unwrap(),
             req
         );
         let resp = SyncResponse {
-            records: vec![record()],
+            records: vec![signed()],
             want: vec![record().id],
             down: vec![MemberId::new("10.0.0.9:7946".parse().unwrap(), 4)],
         };
@@ -256,6 +370,49 @@ mod tests {
             from_msgpack::<SyncResponse>(&to_msgpack(&resp).unwrap()).unwrap(),
             resp
         );
+    }
+
+    fn signed() -> SignedRecord {
+        let (bytes, _) = SignedRecord::encode(&record()).unwrap();
+        SignedRecord::new(
+            bytes,
+            Proof {
+                cert: vec![0x30, 0x82, 1, 2],
+                sig: vec![7; 64],
+            },
+        )
+    }
+
+    #[test]
+    fn signed_records_carry_bin_and_decode_their_record() {
+        let s = signed();
+        let wire = to_msgpack(&s).unwrap();
+        // A map of two keys; the record's bytes as `bin 8` (c4), not an array of integers.
+        assert_eq!(wire[0], 0x82);
+        assert!(wire.windows(2).any(|w| w == [0xc4, s.record.len() as u8]));
+        let back: SignedRecord = from_msgpack(&wire).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.decode_record().unwrap(), record());
+        assert!(SignedRecord::signing_input(&s.record).starts_with(RECORD_SIGNING_CONTEXT));
+        assert!(Proof::default().is_empty() && !s.proof.is_empty());
+        // The wire form PROTOCOL.md §6 gives, for a record of one byte and an empty proof.
+        let tiny = to_msgpack(&SignedRecord::new(vec![0x80], Proof::default())).unwrap();
+        let mut expected = vec![0x82, 0xa6];
+        expected.extend_from_slice(b"record");
+        expected.extend_from_slice(&[0xc4, 1, 0x80, 0xa5]);
+        expected.extend_from_slice(b"proof");
+        expected.extend_from_slice(&[0x82, 0xa4]);
+        expected.extend_from_slice(b"cert");
+        expected.extend_from_slice(&[0xc4, 0, 0xa3]);
+        expected.extend_from_slice(b"sig");
+        expected.extend_from_slice(&[0xc4, 0]);
+        assert_eq!(tiny, expected);
+        // A record too large is refused before parsing.
+        let big = SignedRecord::new(vec![0; MAX_RECORD_LEN + 1], Proof::default());
+        assert!(matches!(
+            big.decode_record(),
+            Err(CodecError::RecordTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Sim {
                 let up = self.links.reachable(to, from);
                 let resp = match self.nodes[to].core.as_mut() {
                     Some(core) if up => {
-                        let r = core.handle_sync_request(now, req);
+                        let r = core.handle_sync_request(now, addr(from), req);
                         self.drain(to);
                         Some(r)
                     }

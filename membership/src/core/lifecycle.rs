@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mesh_protocol::{MemberId, SyncRequest};
+use mesh_protocol::{MemberId, SignedRecord, SyncRequest};
 use rand::RngExt;
 use tracing::{debug, info, warn};
 
@@ -55,7 +55,7 @@ impl Membership {
         farewell.subscriptions.clear();
         farewell.leaving = true;
         farewell.version += 1;
-        self.publish(now, farewell.clone());
+        self.publish(now, farewell);
         // Datagrams may not leave before the process does: also push the farewell over reliable
         // syncs to a few members, which gossip it on. Drivers should let these finish.
         let mut peers: Vec<MemberId> = self.foca.iter_members().map(|m| m.id().0).collect();
@@ -70,7 +70,7 @@ impl Membership {
                 request: SyncRequest {
                     digests: Vec::new(),
                     full: false,
-                    records: vec![farewell.clone()],
+                    records: vec![SignedRecord::clone(&self.own_signed)],
                 },
             });
         }
@@ -79,7 +79,7 @@ impl Membership {
         }
         let id = self.own.id;
         let mut sink = VecDeque::new();
-        self.registry.change(id.addr, &mut sink, |e| {
+        self.registry.change(id.addr, now, &mut sink, |e| {
             e.live = Some((id, MemberState::Left))
         });
         self.events.extend(sink);

@@ -8,41 +8,50 @@
 //! - `timers`: `schedule`, [`handle_timeout`](Membership::handle_timeout) and its dispatch,
 //!   `poll_timeout` (the timer entries and their order are in `timer_entry`);
 //! - `lifecycle`: joining through seeds, re-announcing, leaving;
-//! - `records`: publishing our own record, applying and gossiping others';
+//! - `records`: publishing (and signing) our own record, checking, applying and gossiping
+//!   others';
 //! - `sync`: registry syncs (pulls, push/pull anti-entropy) and the answers to them;
 //! - `notifications`: draining foca's output and reacting to its notifications and items;
+//! - `bounds`: the caps and age-out of every table a peer can grow;
 //! - `lookups`: what callers read out of the registry;
+//! - `tables`: the small types of those tables ([`TableSizes`], pulls waiting, the overflow log);
 //! - `keys`: the gossip keyring (sealing on or off, key rotation).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca};
-use mesh_protocol::{MemberId, NodeRecord, SyncRequest};
+use mesh_protocol::{MemberId, NodeRecord, SignedRecord, SyncRequest};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tracing::{debug, warn};
 
+use crate::auth::{sign_record, RecordAuth, Unsigned};
 use crate::config::MembershipConfig;
+use crate::core::tables::{OverflowLog, Want};
 use crate::core::timer_entry::TimerEntry;
-use crate::registry::{Event, MemberState, Registry};
+use crate::registry::{Event, Registry};
 use crate::swim::{
-    decode_header_src, lock, Envelope, EnvelopeError, RegistryBroadcasts, Shared, SwimCodec,
-    SwimId, MAX_OVERHEAD,
+    decode_header_src, Envelope, EnvelopeError, RegistryBroadcasts, Shared, SwimCodec, SwimId,
+    MAX_OVERHEAD,
 };
 
+mod bounds;
 mod keys;
 mod lifecycle;
 mod lookups;
 mod notifications;
 mod records;
 mod sync;
+mod tables;
 mod timer_entry;
 mod timers;
+
+pub use tables::TableSizes;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,10 +102,27 @@ pub struct Stats {
     pub dropped_malformed: u64,
     /// Datagrams foca refused after decoding (stale, from ourselves, bad broadcast).
     pub swim_errors: u64,
-    /// Records applied (newer than what was held).
+    /// Records applied (newer than what was held, and proven by their owner).
     pub records_applied: u64,
-    /// Records dropped because `max_records` was reached.
+    /// Records refused because their proof does not verify for their owner's address (a forgery,
+    /// or a record of a node with other credentials). Nothing held changed.
+    pub records_forged: u64,
+    /// Records refused because their bytes do not decode as a record (or exceed 1 MiB).
+    pub records_malformed: u64,
+    /// Records dropped because `max_records` was reached, or beyond `max_records_per_sync` in
+    /// one sync message.
     pub records_dropped: u64,
+    /// Members SWIM reported that were refused because `max_records` addresses are known.
+    pub members_refused: u64,
+    /// Pulls not queued because `max_wanted` were waiting.
+    pub pulls_dropped: u64,
+    /// Down and left members (and unconfirmed records) forgotten after `dead_retention`.
+    pub dead_expired: u64,
+    /// Down and left members (and unconfirmed records) forgotten early because `max_dead` were
+    /// held (registry and SWIM's table counted apart).
+    pub dead_evicted: u64,
+    /// Times our own record could not be signed (peers that check proofs refuse it).
+    pub sign_failures: u64,
     /// Registry syncs started.
     pub syncs_started: u64,
     /// Registry syncs that failed.
@@ -110,6 +136,17 @@ pub struct Stats {
 const MIN_SWIM_PACKET: usize = 256;
 
 type SwimFoca = Foca<SwimId, SwimCodec, SmallRng, RegistryBroadcasts>;
+
+/// `record` (ours) signed by `auth`; a failure is counted and logged, and the record goes out
+/// with an empty proof.
+fn sign_own(auth: &dyn RecordAuth, record: &NodeRecord, stats: &mut Stats) -> Arc<SignedRecord> {
+    let (signed, error) = sign_record(auth, record);
+    if let Some(e) = error {
+        stats.sign_failures += 1;
+        warn!(error = %e, "could not sign our own record: peers that check proofs will refuse it");
+    }
+    Arc::new(signed)
+}
 
 /// The membership state machine of one node.
 ///
@@ -157,15 +194,27 @@ pub struct Membership {
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
     own: NodeRecord,
+    /// `own` as signed by `auth`: what pushes and answers carry.
+    own_signed: Arc<SignedRecord>,
+    auth: Arc<dyn RecordAuth>,
     registry: Registry,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     sync_tasks: VecDeque<SyncTask>,
-    syncs_in_flight: std::collections::BTreeSet<SocketAddr>,
-    /// Records to pull: owner address -> (owner id, version wanted).
-    wanted: BTreeMap<SocketAddr, (MemberId, u64)>,
-    /// Members known only second-hand, to pull from themselves before SWIM is told of them.
-    verify: std::collections::BTreeSet<MemberId>,
+    syncs_in_flight: BTreeSet<SocketAddr>,
+    /// Records to pull, by owner address (at most `max_wanted`).
+    wanted: BTreeMap<SocketAddr, Want>,
+    /// Members to pull from themselves (at most `max_wanted`): known only second-hand, to confirm
+    /// before SWIM is told of them; or, with `true` (a probe), held alive while a peer's `down`
+    /// hint says otherwise: if the member does not answer, SWIM suspects it (it can refute).
+    verify: BTreeMap<MemberId, bool>,
+    /// Targeted pulls in flight, by peer: what each asked for, to ask the owner when a relay
+    /// did not have it.
+    pulls: BTreeMap<SocketAddr, Vec<Want>>,
+    /// Down members in SWIM's table, in the order foca will forget them (`remove_down_after`),
+    /// with when: at most `max_dead`, the oldest forgotten first.
+    swim_down: VecDeque<(Instant, SwimId)>,
+    overflow: OverflowLog,
     seeds: Vec<SocketAddr>,
     join_backoff: Duration,
     join_armed: bool,
@@ -210,6 +259,7 @@ impl Membership {
         let packet = config.max_datagram_size - MAX_OVERHEAD;
         config.swim.max_packet_size =
             std::num::NonZeroUsize::new(packet).unwrap_or(std::num::NonZeroUsize::MIN);
+        config.swim.remove_down_after = Some(config.dead_retention);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let foca = Foca::with_custom_broadcast(
             SwimId(id),
@@ -222,7 +272,12 @@ impl Membership {
         );
         let mut own = NodeRecord::new(id, name);
         own.version = 1;
-        let mut me = Self {
+        let auth: Arc<dyn RecordAuth> = Arc::new(Unsigned);
+        let mut stats = Stats::default();
+        let own_signed = sign_own(auth.as_ref(), &own, &mut stats);
+        let mut events = VecDeque::new();
+        let registry = Registry::new(id, own.clone(), own_signed.clone(), &mut events);
+        Self {
             envelope: Envelope::new(&config.cluster),
             join_backoff: config.join_backoff_min,
             config,
@@ -232,29 +287,38 @@ impl Membership {
             rng: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             timers: BinaryHeap::new(),
             timer_seq: 0,
-            own: own.clone(),
-            registry: Registry::default(),
+            own,
+            own_signed,
+            auth,
+            registry,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
             sync_tasks: VecDeque::new(),
-            syncs_in_flight: std::collections::BTreeSet::new(),
+            syncs_in_flight: BTreeSet::new(),
             wanted: BTreeMap::new(),
-            verify: std::collections::BTreeSet::new(),
+            verify: BTreeMap::new(),
+            pulls: BTreeMap::new(),
+            swim_down: VecDeque::new(),
+            overflow: OverflowLog::default(),
             seeds: Vec::new(),
             join_armed: false,
             joined: false,
             leaving: false,
-            stats: Stats::default(),
+            stats,
             require_source_match: false,
-        };
-        lock(&me.shared).hear(id, own.version);
-        let mut sink = VecDeque::new();
-        me.registry.change(id.addr, &mut sink, |e| {
-            e.live = Some((id, MemberState::Alive));
-            e.record = Some(own);
-        });
-        me.events.extend(sink);
-        me
+        }
+    }
+
+    /// Signs this node's record with `auth` from now on, and checks every other record against
+    /// it: a record is accepted only with a proof `auth` verifies for its owner's address. Call
+    /// before [`join`](Self::join). The default, [`Unsigned`], signs nothing and accepts
+    /// everything (no protection).
+    pub fn set_record_auth(&mut self, auth: Arc<dyn RecordAuth>) {
+        self.auth = auth;
+        self.own_signed = sign_own(self.auth.as_ref(), &self.own, &mut self.stats);
+        if let Some(e) = self.registry.entries.get_mut(&self.own.id.addr) {
+            e.signed = Some(self.own_signed.clone());
+        }
     }
 
     /// Requires every datagram's SWIM source address to equal the address it arrived from.

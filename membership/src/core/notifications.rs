@@ -37,7 +37,7 @@ impl Membership {
             }
             while let Some((after, timer)) = self.rt.to_schedule() {
                 progressed = true;
-                self.schedule(now + after, TimerKind::Swim(timer));
+                self.schedule_swim(now, after, timer);
             }
             while let Some(n) = self.rt.to_notify() {
                 progressed = true;
@@ -46,27 +46,35 @@ impl Membership {
             let inbox = std::mem::take(&mut lock(&self.shared).inbox);
             for (sender, item) in inbox {
                 progressed = true;
-                self.handle_item(sender, item);
+                self.handle_item(now, sender, item);
             }
             if !progressed {
                 break;
             }
         }
+        self.enforce_caps(now);
     }
 
     fn handle_notification(&mut self, now: Instant, n: OwnedNotification<SwimId>) {
         let mut sink = VecDeque::new();
         match n {
             OwnedNotification::MemberUp(SwimId(id)) => {
+                if !self.admit_member(now, id) {
+                    return;
+                }
                 trace!(member = %id, "member up");
-                self.registry.change(id.addr, &mut sink, |e| {
+                self.registry.change(id.addr, now, &mut sink, |e| {
                     e.live = Some((id, MemberState::Alive))
                 });
                 sink.push_front(Event::MemberUp { id });
-                self.want_if_missing(id);
+                self.want_if_missing(now, id);
             }
+            // A member we never registered (refused, or forgotten): nothing to mark.
+            OwnedNotification::MemberDown(SwimId(id))
+            | OwnedNotification::Rename(_, SwimId(id))
+                if !self.registry.entries.contains_key(&id.addr) => {}
             OwnedNotification::MemberDown(SwimId(id)) => {
-                let left = self.registry.change(id.addr, &mut sink, |e| {
+                let left = self.registry.change(id.addr, now, &mut sink, |e| {
                     // Another identity, or already known to have left: nothing new.
                     if e.live
                         .is_some_and(|(cur, s)| cur != id || s == MemberState::Left)
@@ -82,7 +90,11 @@ impl Membership {
                     e.live = Some((id, state));
                     Some(left)
                 });
-                self.wanted.remove(&id.addr);
+                // Pulling from the dead owner is pointless; from a relay it may still bring the
+                // farewell (a leave, not a crash).
+                if self.wanted.get(&id.addr).is_some_and(|w| w.via.is_none()) {
+                    self.wanted.remove(&id.addr);
+                }
                 match left {
                     Some(true) => {
                         info!(member = %id, "member left");
@@ -97,7 +109,7 @@ impl Membership {
             }
             OwnedNotification::Rename(SwimId(old), SwimId(new)) => {
                 debug!(%old, %new, "member renamed");
-                let was_active = self.registry.change(new.addr, &mut sink, |e| {
+                let was_active = self.registry.change(new.addr, now, &mut sink, |e| {
                     let was = e.live.is_some_and(|(id, s)| id == old && s.is_active());
                     let state = if was {
                         MemberState::Alive
@@ -110,7 +122,7 @@ impl Membership {
                 if was_active {
                     sink.push_front(Event::MemberUp { id: new });
                     sink.push_front(Event::MemberDown { id: old });
-                    self.want_if_missing(new);
+                    self.want_if_missing(now, new);
                 }
             }
             OwnedNotification::Active if !self.joined => {
@@ -139,7 +151,7 @@ impl Membership {
                 let mut record = self.own.clone();
                 record.id = new;
                 record.version += 1;
-                self.registry.change(old.addr, &mut sink, |e| {
+                self.registry.change(old.addr, now, &mut sink, |e| {
                     e.live = Some((new, MemberState::Alive))
                 });
                 self.events.extend(sink.drain(..));
@@ -151,9 +163,10 @@ impl Membership {
         self.events.extend(sink);
     }
 
-    fn handle_item(&mut self, sender: Option<MemberId>, item: Item) {
+    /// A digest heard from `sender` (which holds that record): a pull if it is newer than ours,
+    /// from `sender` first. Never a change by itself.
+    fn handle_item(&mut self, now: Instant, sender: Option<MemberId>, item: Item) {
         match item {
-            Item::Record(r) => self.apply_record(r, false, None),
             Item::Digest { id, version } => {
                 let held = self
                     .registry
@@ -163,7 +176,7 @@ impl Membership {
                     .map(|r| (r.id.generation, r.version));
                 if held.is_none_or(|h| h < (id.generation, version)) {
                     trace!(owner = %id, version, ?sender, "digest of a newer record: pulling it");
-                    self.want(id, version);
+                    self.want(now, id, version, sender.map(|s| s.addr), true);
                 }
             }
         }

@@ -13,6 +13,9 @@ pub(super) enum TimerKind {
     Join,
     SeedRecheck,
     AntiEntropy,
+    /// A member we suspected after a failed probe (a `down` hint, then no answer): down unless
+    /// it refuted (its incarnation changed) by then.
+    ConfirmDown(SwimId, foca::Incarnation),
 }
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! Timers: scheduling them, and running those due ([`handle_timeout`](Membership::handle_timeout)
-//! dispatches foca's timers, join retries, seed rechecks and anti-entropy rounds).
+//! dispatches foca's timers, join retries, seed rechecks and anti-entropy rounds, and ages out
+//! the dead).
 
 use std::cmp::Reverse;
 use std::time::Instant;
@@ -10,8 +11,9 @@ use crate::core::timer_entry::{TimerEntry, TimerKind};
 use crate::core::Membership;
 
 impl Membership {
-    /// Runs every timer due at `now`.
+    /// Runs every timer due at `now`, and forgets what has been dead for `dead_retention`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
         while let Some(Reverse(t)) = self.timers.peek() {
             if t.at > now {
                 break;
@@ -46,6 +48,7 @@ impl Membership {
                         );
                     }
                 }
+                TimerKind::ConfirmDown(id, incarnation) => self.confirm_down(id, incarnation),
                 TimerKind::AntiEntropy => {
                     if !self.leaving {
                         self.anti_entropy();
@@ -62,7 +65,8 @@ impl Membership {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse(t)| t.at)
+        let timer = self.timers.peek().map(|Reverse(t)| t.at);
+        timer.into_iter().chain(self.next_expiry()).min()
     }
 
     pub(super) fn schedule(&mut self, at: Instant, kind: TimerKind) {

@@ -1,32 +1,33 @@
 //! Registry items carried as foca custom broadcasts ([`Item`], keyed by [`ItemKey`] so a newer
 //! version replaces an older one in flight), and [`RegistryBroadcasts`], the handler that hands
-//! news to the core through [`Shared`].
+//! received items to the core through [`Shared`].
+//!
+//! Gossip carries **digests only** (owner id and version, 24 bytes for IPv4): a whole record must
+//! travel with its owner's proof (a certificate and a signature, about 400 bytes more), which
+//! would take most of a datagram. A digest makes its receiver pull the record. Received items are
+//! never retransmitted as they are: a node gossips a digest only once it holds (and has checked)
+//! the record, so whoever hears a digest can pull the record from its sender.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use foca::{BroadcastHandler, Invalidates};
-use mesh_protocol::{MemberId, NodeRecord};
+use mesh_protocol::MemberId;
 
 use crate::swim::codec::{get_id, get_u64, get_u8, put_id, SwimDecodeError, SwimId};
 
 /// A registry item carried as a foca custom broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    /// "`id`'s record is at `version`": receivers holding less pull it.
+    /// "`id`'s record is at `version`, and I hold it": receivers holding less pull it.
     Digest {
         /// Record owner.
         id: MemberId,
         /// Current version.
         version: u64,
     },
-    /// A whole record, sent inline when it is small.
-    Record(NodeRecord),
 }
 
 const ITEM_DIGEST: u8 = 1;
-const ITEM_RECORD: u8 = 2;
 
 impl Item {
     /// The owner and version the item speaks of.
@@ -36,31 +37,24 @@ impl Item {
                 id: *id,
                 version: *version,
             },
-            Item::Record(r) => ItemKey {
-                id: r.id,
-                version: r.version,
-            },
         }
     }
 
     /// Encodes the item.
-    pub fn encode(&self) -> Result<Vec<u8>, mesh_protocol::CodecError> {
-        let mut out = Vec::new();
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 27 + 8);
         match self {
             Item::Digest { id, version } => {
                 out.push(ITEM_DIGEST);
                 put_id(id, &mut out);
                 out.extend_from_slice(&version.to_be_bytes());
             }
-            Item::Record(r) => {
-                out.push(ITEM_RECORD);
-                out.extend_from_slice(&r.encode()?);
-            }
         }
-        Ok(out)
+        out
     }
 
-    /// Decodes an item.
+    /// Decodes an item. Tag 2 (a whole record, sent inline by earlier versions) is refused: a
+    /// record must come with its owner's proof, over a sync.
     pub fn decode(mut data: &[u8]) -> Result<Self, ItemError> {
         match get_u8(&mut data)? {
             ITEM_DIGEST => {
@@ -71,7 +65,6 @@ impl Item {
                 }
                 Ok(Item::Digest { id, version })
             }
-            ITEM_RECORD => Ok(Item::Record(NodeRecord::decode(data)?)),
             tag => Err(SwimDecodeError::BadTag { what: "item", tag }.into()),
         }
     }
@@ -80,12 +73,9 @@ impl Item {
 /// Why a registry item was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemError {
-    /// Bad framing.
+    /// Bad framing, or an item kind we do not accept.
     #[error(transparent)]
     Swim(#[from] SwimDecodeError),
-    /// Bad record.
-    #[error(transparent)]
-    Record(#[from] mesh_protocol::CodecError),
     /// Bytes after a digest.
     #[error("trailing bytes after digest")]
     Trailing,
@@ -108,38 +98,26 @@ impl Invalidates for ItemKey {
     }
 }
 
-/// State shared between the broadcast handler (owned by foca) and the core: the newest
-/// `(generation, version)` heard of per address, and the items received since the last drain.
+/// Items received in one datagram at most (a 1400-byte datagram holds about 50 digests); more
+/// are dropped. The core empties the inbox after every datagram.
+pub const INBOX_CAPACITY: usize = 256;
+
+/// State shared between the broadcast handler (owned by foca) and the core: the items received
+/// since the last drain, with the peer that sent them. Bounded by [`INBOX_CAPACITY`].
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// Highest `(generation, version)` heard of per address, from any source.
-    pub heard: HashMap<SocketAddr, (u64, u64)>,
     /// Items received and not yet processed by the core, with the peer that sent them.
     pub inbox: Vec<(Option<MemberId>, Item)>,
 }
 
-impl Shared {
-    /// Records that `(id, version)` is known; returns whether it is news.
-    pub fn hear(&mut self, id: MemberId, version: u64) -> bool {
-        let new = (id.generation, version);
-        match self.heard.get(&id.addr) {
-            Some(old) if *old >= new => false,
-            _ => {
-                self.heard.insert(id.addr, new);
-                true
-            }
-        }
-    }
-}
-
 /// Locks the shared state; a poisoned lock (a panic elsewhere) still holds consistent data
-/// because every critical section is a plain map or vec update.
+/// because every critical section is a plain vec update.
 pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// foca's custom broadcast handler: decodes registry items, keeps only news, hands them to the
-/// core through [`Shared`].
+/// foca's custom broadcast handler: decodes registry items and hands received ones to the core
+/// through [`Shared`]; queues (for retransmission) only the items the core adds itself.
 #[derive(Debug)]
 pub struct RegistryBroadcasts {
     /// Shared with the core.
@@ -157,20 +135,26 @@ impl BroadcastHandler<SwimId> for RegistryBroadcasts {
     ) -> Result<Option<ItemKey>, ItemError> {
         let item = Item::decode(data)?;
         let key = item.key();
-        let mut shared = lock(&self.shared);
-        // Items we add ourselves (sender None) are always queued; received ones only when news.
-        if !shared.hear(key.id, key.version) && sender.is_some() {
-            return Ok(None);
+        match sender {
+            // Ours (`add_broadcast`): queue it.
+            None => Ok(Some(key)),
+            // Received: the core decides (and gossips a digest of its own once it holds the
+            // record); never relayed as it is.
+            Some(s) => {
+                let mut shared = lock(&self.shared);
+                if shared.inbox.len() < INBOX_CAPACITY {
+                    shared.inbox.push((Some(s.0), item));
+                }
+                Ok(None)
+            }
         }
-        if sender.is_some() {
-            shared.inbox.push((sender.map(|s| s.0), item));
-        }
-        Ok(Some(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn id(port: u16, generation: u64) -> SwimId {
@@ -186,9 +170,9 @@ mod tests {
             id: id(1, 3).0,
             version: 4,
         };
-        assert_eq!(Item::decode(&digest.encode().unwrap()).unwrap(), digest);
-        let rec = Item::Record(NodeRecord::new(id(1, 3).0, "n"));
-        assert_eq!(Item::decode(&rec.encode().unwrap()).unwrap(), rec);
+        assert_eq!(Item::decode(&digest.encode()).unwrap(), digest);
+        // A whole record (tag 2, as earlier versions gossiped) is refused.
+        assert!(Item::decode(&[2, 0x80]).is_err());
         assert!(Item::decode(&[9]).is_err());
         assert!(Item::decode(&[]).is_err());
         let newer = ItemKey {
@@ -202,5 +186,24 @@ mod tests {
             version: 0
         }
         .invalidates(&newer));
+    }
+
+    #[test]
+    fn received_items_are_handed_over_never_relayed_and_the_inbox_is_bounded() {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut h = RegistryBroadcasts {
+            shared: shared.clone(),
+        };
+        let digest = Item::Digest {
+            id: id(1, 3).0,
+            version: 4,
+        }
+        .encode();
+        assert_eq!(h.receive_item(&digest, Some(&id(2, 1))), Ok(None));
+        assert!(h.receive_item(&digest, None).unwrap().is_some());
+        for _ in 0..2 * INBOX_CAPACITY {
+            let _ = h.receive_item(&digest, Some(&id(2, 1)));
+        }
+        assert_eq!(lock(&shared).inbox.len(), INBOX_CAPACITY);
     }
 }

@@ -9,14 +9,15 @@
 //!   AES-256-GCM) checked before foca sees a packet;
 //! - `keyring`: gossip keys, the [`Keyring`] that seals and opens envelopes, and nonces;
 //! - `codec`: the member identity [`SwimId`] and [`SwimCodec`], foca's wire codec;
-//! - `broadcast`: registry [`Item`]s and [`RegistryBroadcasts`], foca's custom-broadcast handler.
+//! - `broadcast`: registry [`Item`]s (digests only) and [`RegistryBroadcasts`], foca's
+//!   custom-broadcast handler.
 
 mod broadcast;
 mod codec;
 mod envelope;
 mod keyring;
 
-pub use broadcast::{lock, Item, ItemError, ItemKey, RegistryBroadcasts, Shared};
+pub use broadcast::{lock, Item, ItemError, ItemKey, RegistryBroadcasts, Shared, INBOX_CAPACITY};
 pub use codec::{decode_header_src, get_id, SwimCodec, SwimDecodeError, SwimId};
 pub use envelope::{
     cluster_tag, open_sealed, open_unsealed, write_sealed, write_unsealed, Envelope, EnvelopeError,

@@ -104,7 +104,7 @@ impl Credentials {
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        roots.add(ca_cert)?;
+        roots.add(ca_cert.clone())?;
         let roots = Arc::new(roots);
 
         let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -125,6 +125,7 @@ impl Credentials {
             .with_client_auth_cert(vec![cert], key)?;
         client.alpn_protocols = vec![ALPN.to_vec()];
         Ok(NodeTls {
+            ca_cert,
             server: Arc::new(server),
             client: Arc::new(client),
         })
@@ -134,6 +135,8 @@ impl Credentials {
 /// A node's TLS configurations, both sides of mutual TLS.
 #[derive(Debug, Clone)]
 pub struct NodeTls {
+    /// The cluster CA certificate both sides verify against (derived from the key, or given).
+    pub ca_cert: CertificateDer<'static>,
     /// For accepted connections: presents our certificate, requires a cluster client certificate.
     pub server: Arc<rustls::ServerConfig>,
     /// For outgoing connections: verifies the peer chains to the cluster CA, presents ours.
