@@ -23,6 +23,12 @@ pub struct MembershipConfig {
     pub max_datagram_size: usize,
     /// Interval of push/pull anti-entropy with one random member.
     pub anti_entropy_interval: Duration,
+    /// How long after a member comes up its record may still be missing before it is pulled from
+    /// the member itself. Its digest spreads with SWIM's gossip (every 200 ms to 3 members on a
+    /// LAN, so a few hops reach hundreds of nodes within a second) and each node pulls the record
+    /// from whoever told it; pulling from the member at once would make every node dial every new
+    /// member.
+    pub member_pull_delay: Duration,
     /// First retry delay when no seed answers; doubles up to `join_backoff_max`.
     pub join_backoff_min: Duration,
     /// Longest delay between join attempts.
@@ -90,6 +96,7 @@ impl MembershipConfig {
             swim: foca::Config::new_lan(n),
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
             anti_entropy_interval: Duration::from_secs(30),
+            member_pull_delay: Duration::from_secs(2),
             join_backoff_min: Duration::from_secs(1),
             join_backoff_max: Duration::from_secs(30),
             seed_recheck_interval: Duration::from_secs(30),
@@ -115,6 +122,7 @@ impl MembershipConfig {
         Self {
             swim: foca::Config::new_wan(n),
             anti_entropy_interval: Duration::from_secs(60),
+            member_pull_delay: Duration::from_secs(5),
             join_backoff_max: Duration::from_secs(60),
             seed_recheck_interval: Duration::from_secs(60),
             sync_timeout: Duration::from_secs(15),
@@ -154,6 +162,7 @@ impl MembershipConfig {
             swim,
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
             anti_entropy_interval: Duration::from_secs(3),
+            member_pull_delay: Duration::from_millis(300),
             join_backoff_min: Duration::from_millis(100),
             join_backoff_max: Duration::from_secs(1),
             seed_recheck_interval: Duration::from_secs(2),

@@ -67,7 +67,7 @@ impl Membership {
                     e.live = Some((id, MemberState::Alive))
                 });
                 sink.push_front(Event::MemberUp { id });
-                self.want_if_missing(now, id);
+                self.pull_later_if_missing(now, id);
             }
             // A member we never registered (refused, or forgotten): nothing to mark.
             OwnedNotification::MemberDown(SwimId(id))
@@ -122,7 +122,7 @@ impl Membership {
                 if was_active {
                     sink.push_front(Event::MemberUp { id: new });
                     sink.push_front(Event::MemberDown { id: old });
-                    self.want_if_missing(now, new);
+                    self.pull_later_if_missing(now, new);
                 }
             }
             OwnedNotification::Active if !self.joined => {

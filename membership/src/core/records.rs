@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::verify_record;
 use crate::core::tables::Want;
+use crate::core::timer_entry::TimerKind;
 use crate::core::{sign_own, Membership};
 use crate::registry::{Event, MemberState};
 use crate::swim::{Item, SwimId};
@@ -101,7 +102,7 @@ impl Membership {
                     // Nothing new, but news of the member if SWIM does not know the identity of
                     // the copy we hold (checked when it arrived).
                     if h.id == r.id && !h.leaving {
-                        self.note_member(now, h.id, from);
+                        self.note_member(h.id);
                     }
                     return;
                 }
@@ -115,27 +116,25 @@ impl Membership {
             return;
         }
         let spread = spread(addr);
-        self.apply_record(now, r, Arc::new(signed), spread, from);
+        self.apply_record(now, r, Arc::new(signed), spread);
     }
 
     /// Stores `r` (proven by its owner: `signed`) if it is newer than the copy held and not a
     /// stale generation. With `spread`, news is announced on by a digest (a record pushed to us,
     /// such as a farewell, or one we pulled after hearing a digest); answers to full syncs are
     /// what the cluster already knows, and are not.
-    /// `from`: the peer that delivered it, if any (the owner itself proves the owner alive).
-    ///
     /// SWIM must also know the member, or its record stays invisible: SWIM's own updates are
     /// piggybacked a bounded number of times and can miss a node when many join at once. A record
-    /// of a member SWIM does not know is believed only from its owner: second-hand, it queues a
-    /// pull from the owner (`verify`), and the owner's answer proves it alive and tells SWIM. (A
-    /// second-hand record of a node that has since crashed must not bring it back to life.)
+    /// of a member SWIM does not know tells SWIM of it, whoever relayed it: the proof says the
+    /// owner made it, and SWIM's probes say whether it still runs (a second-hand record of a node
+    /// that has since crashed makes it suspect, then down, after one probe cycle and the
+    /// suspicion timeout).
     pub(super) fn apply_record(
         &mut self,
         now: Instant,
         r: NodeRecord,
         signed: Arc<SignedRecord>,
         spread: bool,
-        from: Option<SocketAddr>,
     ) {
         let addr = r.id.addr;
         if !self.registry.entries.contains_key(&addr) && !self.make_room() {
@@ -147,7 +146,7 @@ impl Membership {
         }
         // A farewell needs no confirmation: its owner is gone, and it can only retire it.
         if !r.leaving {
-            self.note_member(now, r.id, from);
+            self.note_member(r.id);
         }
         if self
             .wanted
@@ -193,10 +192,8 @@ impl Membership {
 
     /// Whether we pass `r` on (in answers, pushes and digests): never the record of an identity
     /// we hold dead, as that could bring it back, except its farewell, which can only retire it.
-    /// A proven record of `id` arrived from `from`: if SWIM does not know `id`, the owner's own
-    /// word (`from` is its address) tells SWIM it is alive; anyone else's queues a pull from the
-    /// owner to confirm it.
-    fn note_member(&mut self, now: Instant, id: MemberId, from: Option<SocketAddr>) {
+    /// A proven record of `id` arrived: if SWIM does not know `id`, it learns of it.
+    fn note_member(&mut self, id: MemberId) {
         let swim_knows = self
             .registry
             .entries
@@ -206,23 +203,45 @@ impl Membership {
         if swim_knows {
             return;
         }
-        if from == Some(id.addr) {
-            self.verify.remove(&id);
-            let alive = foca::Member::alive(SwimId(id));
-            if let Err(e) = self
-                .foca
-                .apply_many(std::iter::once(alive), true, &mut self.rt)
-            {
-                debug!(error = %e, member = %id, "apply record's member to SWIM");
-            }
-        } else {
-            self.queue_verify(now, id, false);
+        // The record is proven (signed by its owner), so it tells SWIM the member exists, as
+        // SWIM's own membership updates do whoever relays them: SWIM then probes it, and a member
+        // that is in fact gone is suspected and declared down in the usual way. Asking each such
+        // member first made a joiner, which learns every record from one full sync, dial every
+        // member of the cluster.
+        self.verify.remove(&id);
+        let alive = foca::Member::alive(SwimId(id));
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(alive), true, &mut self.rt)
+        {
+            debug!(error = %e, member = %id, "apply record's member to SWIM");
         }
     }
 
     pub(super) fn is_spreadable(&self, r: &NodeRecord) -> bool {
         let live = self.registry.entries.get(&r.id.addr).and_then(|e| e.live);
         spreadable(r, live)
+    }
+
+    /// A member came up: its record is usually on its way (its digest spreads with SWIM, and each
+    /// node pulls it from whoever told it), so the member is asked itself only if the record is
+    /// still missing after `member_pull_delay`. Asking it at once made every node dial every new
+    /// member: O(N) handshakes per node while a cluster forms.
+    pub(super) fn pull_later_if_missing(&mut self, now: Instant, id: MemberId) {
+        if !self.holds_record_of(id) {
+            self.schedule(
+                now + self.config.member_pull_delay,
+                TimerKind::PullIfMissing(id),
+            );
+        }
+    }
+
+    fn holds_record_of(&self, id: MemberId) -> bool {
+        self.registry
+            .entries
+            .get(&id.addr)
+            .and_then(|e| e.record.as_ref())
+            .is_some_and(|r| r.id.generation >= id.generation)
     }
 
     pub(super) fn want_if_missing(&mut self, now: Instant, id: MemberId) {

@@ -16,6 +16,10 @@ pub(super) enum TimerKind {
     /// A member we suspected after a failed probe (a `down` hint, then no answer): down unless
     /// it refuted (its incarnation changed) by then.
     ConfirmDown(SwimId, foca::Incarnation),
+    /// A member that came up without a record we hold: by now its digest has usually reached us
+    /// and its record has been pulled from whoever sent the digest; if not, pull it from the
+    /// member itself.
+    PullIfMissing(mesh_protocol::MemberId),
 }
 
 #[derive(Debug)]

@@ -49,6 +49,17 @@ impl Membership {
                     }
                 }
                 TimerKind::ConfirmDown(id, incarnation) => self.confirm_down(id, incarnation),
+                TimerKind::PullIfMissing(id) => {
+                    let active = self
+                        .registry
+                        .entries
+                        .get(&id.addr)
+                        .and_then(|e| e.live)
+                        .is_some_and(|(live, s)| live == id && s.is_active());
+                    if active {
+                        self.want_if_missing(now, id);
+                    }
+                }
                 TimerKind::AntiEntropy => {
                     if !self.leaving {
                         self.anti_entropy();
