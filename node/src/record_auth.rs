@@ -1,5 +1,5 @@
 //! Record proofs from the node's TLS credentials: [`TlsRecordAuth`], the
-//! [`RecordAuth`](mesh_membership::RecordAuth) a node's membership core signs its record with and
+//! [`RecordAuth`] a node's membership core signs its record with and
 //! checks every other record against.
 //!
 //! A proof is the owner's TLS certificate (DER) and its signature over the record's signing input
