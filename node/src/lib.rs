@@ -37,9 +37,11 @@
 //!
 //! # What you can rely on
 //!
-//! - **Admission.** Only nodes holding the cluster's credentials connect at all, for gossip as
-//!   for calls ([`security`]): a shared cluster key, or certificates from a cluster CA. Each node's
-//!   certificate names its advertised address, and gossip is attributed to that address.
+//! - **Admission.** Only nodes holding the cluster's credentials take part ([`security`]): a
+//!   shared cluster key, or certificates from a cluster CA and the cluster's gossip secret. QUIC
+//!   connections are mutual TLS, and each node's certificate names its advertised address, which
+//!   a dialer checks; gossip datagrams are sealed with the gossip secret, and anything else is
+//!   dropped and counted. A registry record is believed only with its owner's signature.
 //! - **Calls.** A call goes to one node of the service, picked at random (or by
 //!   [`Strategy`], or by rendezvous hashing of a routing key). Its deadline travels with it; the
 //!   handler is cancelled when it passes or when the caller goes away, and a panicking handler
