@@ -27,7 +27,8 @@ pub struct MembershipConfig {
     /// the member itself. Its digest spreads with SWIM's gossip (every 200 ms to 3 members on a
     /// LAN, so a few hops reach hundreds of nodes within a second) and each node pulls the record
     /// from whoever told it; pulling from the member at once would make every node dial every new
-    /// member.
+    /// member. (A member that restarted at the same address is asked at once: its services are
+    /// invisible until its new record arrives.)
     pub member_pull_delay: Duration,
     /// First retry delay when no seed answers; doubles up to `join_backoff_max`.
     pub join_backoff_min: Duration,

@@ -122,7 +122,10 @@ impl Membership {
                 if was_active {
                     sink.push_front(Event::MemberUp { id: new });
                     sink.push_front(Event::MemberDown { id: old });
-                    self.pull_later_if_missing(now, new);
+                    // A member that restarted (or renewed itself) at the same address: its
+                    // services are invisible until its new record arrives, so it is asked at
+                    // once. One node, not a whole cluster forming: no storm of dials.
+                    self.want_if_missing(now, new);
                 }
             }
             OwnedNotification::Active if !self.joined => {
