@@ -335,7 +335,7 @@ impl NodeBuilder {
         core.set_require_source_match(true);
         core.set_keyring(Some(keyring));
         // Records are believed only with their owner's signature, checked against the cluster CA.
-        core.set_record_auth(Arc::new(TlsRecordAuth::from_node_tls(&tls.ca_cert, &tls)?));
+        core.set_record_auth(Arc::new(TlsRecordAuth::from_node_tls(&tls)?));
         let labels = self.labels;
         let published = infos.clone();
         core.update_record(Instant::now(), move |r| {

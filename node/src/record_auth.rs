@@ -14,9 +14,8 @@
 //! - **Cluster key**: every key holder derives the CA key and can mint a certificate for any
 //!   address, so a proof keeps out non-members only; members must trust each other.
 //!
-//! Wiring (not done here): after `Membership::new` in the builder,
-//! `core.set_record_auth(Arc::new(TlsRecordAuth::from_node_tls(&ca_cert, &tls)?))`, where
-//! `ca_cert` is the cluster CA certificate the node's TLS trusts.
+//! The builder gives every node's membership core one, made from the node's TLS credentials
+//! ([`TlsRecordAuth::from_node_tls`]).
 
 use std::net::SocketAddr;
 
@@ -77,12 +76,9 @@ impl TlsRecordAuth {
         Self::with_key(ca_cert, cert, key.as_ref())
     }
 
-    /// From the cluster CA certificate and the certificate and key this node presents in TLS
+    /// From the cluster CA certificate, certificate and key this node uses in TLS
     /// (the ones [`Credentials::tls`](crate::security::Credentials::tls) made, in either mode).
-    pub fn from_node_tls(
-        ca_cert: &CertificateDer<'_>,
-        tls: &NodeTls,
-    ) -> Result<Self, SecurityError> {
+    pub fn from_node_tls(tls: &NodeTls) -> Result<Self, SecurityError> {
         let certified = tls
             .client
             .client_auth_cert_resolver
@@ -93,7 +89,7 @@ impl TlsRecordAuth {
         let cert = certified.cert.first().cloned().ok_or_else(|| {
             SecurityError::Load("the TLS configuration has no certificate".into())
         })?;
-        Self::with_key(ca_cert, cert, certified.key.as_ref())
+        Self::with_key(&tls.ca_cert, cert, certified.key.as_ref())
     }
 
     fn with_key(
@@ -266,7 +262,7 @@ mod tests {
             crate::security::GossipSecret::from_bytes([5; 32]),
         );
         let tls = creds.tls("mesh", addr(1)).unwrap();
-        let a = TlsRecordAuth::from_node_tls(ca.cert_der(), &tls).unwrap();
+        let a = TlsRecordAuth::from_node_tls(&tls).unwrap();
         let msg = signing_input(1, 1);
         assert_eq!(
             auth(&ca, addr(2)).verify(addr(1), &msg, &a.sign(&msg).unwrap()),

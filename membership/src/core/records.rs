@@ -245,13 +245,7 @@ impl Membership {
     }
 
     pub(super) fn want_if_missing(&mut self, now: Instant, id: MemberId) {
-        let have = self
-            .registry
-            .entries
-            .get(&id.addr)
-            .and_then(|e| e.record.as_ref())
-            .is_some_and(|r| r.id.generation >= id.generation);
-        if !have {
+        if !self.holds_record_of(id) {
             self.want(now, id, 1, None, false);
         }
     }
