@@ -712,11 +712,19 @@ where
                             member.incarnation() == incarnation
                         })
                     {
+                        // mesh fork: `apply_existing_if` answers for any member at
+                        // that address, also when the condition failed (it refuted:
+                        // its incarnation moved on) or a newer identity replaced it.
+                        // Upstream sent TurnUndead in those cases too, so a member
+                        // that had refuted its suspicion was told it was down and
+                        // rejoined under a new identity: the chain of renames seen
+                        // under packet loss and load.
+                        let declared = summary.apply_successful;
                         self.handle_apply_summary(summary, as_down, true, &mut runtime)?;
                         // Member went down we might need to adjust our internal state
                         self.adjust_connection_state(&mut runtime);
 
-                        if self.config.notify_down_members {
+                        if declared && self.config.notify_down_members {
                             // As a courtesy, we send a lightweight message to the member
                             // we're declaring down so that if it manages to receive it,
                             // it can react accordingly
@@ -4439,5 +4447,58 @@ mod tests {
         ));
 
         assert_eq!(Ok(()), foca.handle_data(&msg, AccumulatingRuntime::new()));
+    }
+
+    // mesh fork: the TurnUndead chain.
+    #[test]
+    fn a_suspect_that_refuted_is_not_told_it_is_down() {
+        let config = {
+            let mut c = Config::simple();
+            c.notify_down_members = true;
+            c
+        };
+        let (mut foca, probed, send_indirect_probe) = craft_probing_foca(2, config);
+        let mut runtime = AccumulatingRuntime::new();
+        assert_eq!(Ok(()), foca.handle_timer(send_indirect_probe, &mut runtime));
+        // The probe ends unanswered: `probed` is suspect at incarnation 0.
+        assert_eq!(
+            Ok(()),
+            foca.handle_timer(Timer::ProbeRandomMember(foca.timer_token()), &mut runtime)
+        );
+        let state = |foca: &Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>| {
+            let m = foca.iter_members().find(|m| m.id() == &probed).unwrap();
+            (m.state(), m.incarnation())
+        };
+        assert_eq!(state(&foca), (State::Suspect, 0));
+        // It refutes (any message from it at incarnation 1).
+        let refutation = (
+            Header {
+                src: probed,
+                src_incarnation: 1,
+                dst: ID::new(1),
+                message: Message::Gossip,
+            },
+            Vec::new(),
+        );
+        assert_eq!(Ok(()), foca.handle_data(&encode(refutation), &mut runtime));
+        assert_eq!(state(&foca), (State::Alive, 1));
+        runtime.clear();
+        // The suspicion timer still fires: nothing happens to it, and it is told nothing.
+        assert_eq!(
+            Ok(()),
+            foca.handle_timer(
+                Timer::ChangeSuspectToDown {
+                    member_id: probed,
+                    incarnation: 0,
+                    token: foca.timer_token()
+                },
+                &mut runtime
+            )
+        );
+        assert_eq!(state(&foca), (State::Alive, 1));
+        assert!(
+            runtime.take_data(probed).is_none(),
+            "a member that refuted must not be sent TurnUndead"
+        );
     }
 }
