@@ -186,6 +186,36 @@ pub struct Config {
     /// This feature is an extension to the SWIM protocol and should be left
     /// disabled if you're aiming at pure SWIM behavior.
     pub periodic_gossip: Option<PeriodicParams>,
+
+    /// Lifeguard's local health awareness (mesh fork; memberlist's
+    /// `AwarenessMaxMultiplier`): every probe that ends without an ack
+    /// raises this node's health score, every answered probe lowers it,
+    /// and so does having to refute a suspicion about ourselves (or
+    /// being declared down); the time between probes
+    /// ([`Config::probe_period`]) and the time to ack
+    /// ([`Config::probe_rtt`]) are stretched by `score + 1`, up to this
+    /// many times. A node that is itself slow (starved of CPU, its
+    /// socket buffer overflowing) then probes less eagerly instead of
+    /// suspecting healthy members. `0` or `1` turns it off (upstream
+    /// foca's behaviour). memberlist's default, used by
+    /// [`Config::new_lan`] and [`Config::new_wan`]: 8.
+    ///
+    /// Without nacks from indirect probers, a probe of a member that
+    /// really died also counts against this node (memberlist does the
+    /// same for peers that cannot nack); answered probes bring the
+    /// score back down.
+    pub awareness_max_multiplier: u8,
+
+    /// Lifeguard's buddy system (mesh fork): a ping to a member we hold
+    /// suspect carries the suspicion as its first update, and a member
+    /// that fails our probe is sent such a ping at once. A member that
+    /// was only slow thus hears of the suspicion from its prober and
+    /// refutes it, and its ack brings the prober its new incarnation,
+    /// instead of both waiting for gossip (which can take longer than
+    /// the suspicion timeout when update queues are long, as while
+    /// hundreds of members join). On in [`Config::new_lan`] and
+    /// [`Config::new_wan`], off in [`Config::simple`].
+    pub buddy_system: bool,
 }
 
 /// Configuration for a task that should happen periodically
@@ -222,6 +252,9 @@ impl Config {
             periodic_announce: None,
             periodic_announce_to_down_members: None,
             periodic_gossip: None,
+
+            awareness_max_multiplier: 0,
+            buddy_system: false,
         }
     }
 
@@ -291,6 +324,9 @@ impl Config {
                 frequency: Duration::from_millis(200),
                 num_members: NonZeroUsize::new(3).unwrap(),
             }),
+
+            awareness_max_multiplier: 8,
+            buddy_system: true,
         }
     }
 
@@ -333,6 +369,9 @@ impl Config {
                 frequency: Duration::from_millis(500),
                 num_members: NonZeroUsize::new(4).unwrap(),
             }),
+
+            awareness_max_multiplier: 8,
+            buddy_system: true,
         }
     }
 

@@ -126,6 +126,7 @@ use core::{cmp::Ordering, convert::TryFrom, fmt, iter::ExactSizeIterator, mem};
 use bytes::{Buf, BufMut};
 use rand::RngExt;
 
+mod awareness;
 mod broadcast;
 mod codec;
 mod config;
@@ -198,6 +199,9 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
 
     broadcast_handler: B,
     custom_broadcasts: Broadcasts<B::Key>,
+
+    // mesh fork: Lifeguard's local health score (`Config::awareness_max_multiplier`).
+    awareness: awareness::Awareness,
 }
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
@@ -251,7 +255,9 @@ where
     ) -> Self {
         let max_indirect_probes = config.num_indirect_probes.get();
         let max_bytes = config.max_packet_size.get();
+        let awareness = awareness::Awareness::new(config.awareness_max_multiplier);
         Self {
+            awareness,
             identity,
             config,
             rng,
@@ -268,6 +274,13 @@ where
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
         }
+    }
+
+    /// This node's Lifeguard health score (mesh fork): 0 when healthy, at most
+    /// [`Config::awareness_max_multiplier`] - 1. Probe timings are stretched by
+    /// `score + 1`.
+    pub const fn health_score(&self) -> u8 {
+        self.awareness.score()
     }
 
     /// Getter for the current identity.
@@ -850,6 +863,7 @@ where
                 "Configuration changed"
             );
 
+            self.awareness.set_max(config.awareness_max_multiplier);
             self.config = config;
             Ok(())
         }
@@ -1135,6 +1149,13 @@ where
             self.probe.clear();
         }
 
+        // mesh fork: Lifeguard. An answered probe says we are healthy; one
+        // that ended with no ack at all, direct or indirect, may be our fault.
+        if self.probe.is_started() {
+            self.awareness
+                .apply_delta(if self.probe.succeeded() { -1 } else { 1 });
+        }
+
         if let Some(failed) = self.probe.take_failed() {
             #[cfg(feature = "unstable-notifications")]
             runtime.notify(Notification::ProbeFailed(
@@ -1188,6 +1209,21 @@ where
                         },
                         self.config.suspect_to_down_after,
                     );
+                    // mesh fork: Lifeguard's buddy system, at once. Tell the
+                    // suspect itself: this ping carries the suspicion (see
+                    // `send_message`), so a member that was only slow refutes
+                    // it, and its ack (whatever its probe number) brings us
+                    // its new incarnation directly. Waiting for gossip to
+                    // carry the suspicion there and the refutation back can
+                    // outlast the suspicion timeout when update queues are
+                    // long, as while hundreds of members join.
+                    if self.config.buddy_system {
+                        self.send_message(
+                            failed.id().clone(),
+                            Message::Ping(self.probe.probe_number()),
+                            &mut runtime,
+                        )?;
+                    }
                 }
             }
         }
@@ -1206,7 +1242,8 @@ where
                     probed_id: member_id,
                     token: self.timer_token,
                 },
-                self.config.probe_rtt,
+                // mesh fork: stretched by Lifeguard's health score.
+                self.awareness.scale(self.config.probe_rtt),
             );
         } else {
             // Should never happen... Reaching here is gated by being
@@ -1217,7 +1254,8 @@ where
 
         runtime.submit_after(
             Timer::ProbeRandomMember(self.timer_token),
-            self.config.probe_period,
+            // mesh fork: stretched by Lifeguard's health score.
+            self.awareness.scale(self.config.probe_period),
         );
 
         if probe_was_incomplete {
@@ -1491,10 +1529,30 @@ where
                     num_items += 1;
                 }
             } else {
+                // mesh fork: Lifeguard's buddy system. A ping to a member we
+                // suspect carries the suspicion first, so that the member learns
+                // of it from its prober and refutes it at once (its ack carries
+                // its new incarnation), instead of waiting for gossip to reach it.
+                if let Message::Ping(_) = header.message
+                    && self.config.buddy_system
+                    && let Some(suspect) = self
+                        .members
+                        .get(&dst)
+                        .filter(|m| m.state() == State::Suspect)
+                {
+                    let pos = buf.get_ref().len();
+                    if self.codec.encode_member(suspect, &mut buf).is_ok() {
+                        num_items += 1;
+                    } else {
+                        buf.get_mut().truncate(pos);
+                    }
+                }
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16
-                let num_updates = self.updates.fill(&mut buf, u16::MAX.into());
-                num_items = u16::try_from(num_updates).expect("usize bound by u16::MAX");
+                let num_updates = self
+                    .updates
+                    .fill(&mut buf, usize::from(u16::MAX - num_items));
+                num_items += u16::try_from(num_updates).expect("usize bound by u16::MAX");
             }
 
             // Seek back and write the correct number of items added
@@ -1605,6 +1663,9 @@ where
                 if increase_incarnation {
                     // XXX Overzealous checking
                     self.incarnation = incarnation.saturating_add(1);
+                    // mesh fork: Lifeguard. Being suspected while alive
+                    // suggests our own acks are late or lost.
+                    self.awareness.apply_delta(1);
                 }
 
                 // We do NOT add ourselves as Alive to the updates buffer
@@ -1621,6 +1682,8 @@ where
                 // The cluster is talking about our liveness. Nothing to do.
             }
             State::Down => {
+                // mesh fork: Lifeguard, as for a suspicion.
+                self.awareness.apply_delta(1);
                 // It's impossible to refute a Down state so we'll need
                 // to rejoin somehow
                 if !self.attempt_rejoin(&mut runtime)? {
@@ -4449,6 +4512,128 @@ mod tests {
         assert_eq!(Ok(()), foca.handle_data(&msg, AccumulatingRuntime::new()));
     }
 
+    // mesh fork: Lifeguard's local health awareness and buddy system.
+
+    fn lifeguard_config() -> Config {
+        Config {
+            awareness_max_multiplier: 8,
+            buddy_system: true,
+            ..config()
+        }
+    }
+
+    // Ends the probe under way and starts the next: returns the new timers' delays.
+    fn next_probe(
+        foca: &mut Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>,
+    ) -> (Duration, Duration, ID) {
+        let mut runtime = AccumulatingRuntime::new();
+        // The probe under way reaches its indirect stage first, as it would in time.
+        if let Some(probed_id) = foca.probe().target().copied() {
+            let indirect = Timer::SendIndirectProbe {
+                probed_id,
+                token: foca.timer_token(),
+            };
+            assert_eq!(Ok(()), foca.handle_timer(indirect, &mut runtime));
+        }
+        let timer = Timer::ProbeRandomMember(foca.timer_token());
+        assert_eq!(Ok(()), foca.handle_timer(timer.clone(), &mut runtime));
+        let probed = *foca.probe().target().expect("a probe started");
+        let next = runtime
+            .take_scheduling(timer)
+            .expect("next probe scheduled");
+        let indirect = runtime
+            .take_scheduling(Timer::SendIndirectProbe {
+                probed_id: probed,
+                token: foca.timer_token(),
+            })
+            .expect("indirect stage scheduled");
+        (next, indirect, probed)
+    }
+
+    #[test]
+    fn unanswered_probes_stretch_the_probe_timings_and_answers_restore_them() {
+        let config = lifeguard_config();
+        let (mut foca, probed, send_indirect_probe) = craft_probing_foca(5, config.clone());
+        assert_eq!(0, foca.health_score());
+        let mut runtime = AccumulatingRuntime::new();
+        // Neither an ack nor an indirect ack comes back.
+        assert_eq!(Ok(()), foca.handle_timer(send_indirect_probe, &mut runtime));
+        let (next, indirect, probed_now) = next_probe(&mut foca);
+        assert_eq!(1, foca.health_score(), "{probed:?} never answered");
+        assert_eq!(next, config.probe_period * 2);
+        assert_eq!(indirect, config.probe_rtt * 2);
+
+        // The member probed now answers: the score comes back down.
+        let ack = (
+            Header {
+                src: probed_now,
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(1),
+                message: Message::Ack(foca.probe().probe_number()),
+            },
+            Vec::new(),
+        );
+        assert_eq!(Ok(()), foca.handle_data(&encode(ack), &mut runtime));
+        let (next, indirect, _) = next_probe(&mut foca);
+        assert_eq!(0, foca.health_score());
+        assert_eq!(next, config.probe_period);
+        assert_eq!(indirect, config.probe_rtt);
+    }
+
+    #[test]
+    fn awareness_is_off_by_default_in_simple_and_capped_when_on() {
+        // Off: unanswered probes leave the timings alone.
+        let (mut foca, _, _) = craft_probing_foca(3, config());
+        for _ in 0..3 {
+            let (next, _, _) = next_probe(&mut foca);
+            assert_eq!(next, config().probe_period);
+        }
+        assert_eq!(0, foca.health_score());
+
+        // On: at most `awareness_max_multiplier` times.
+        let config = lifeguard_config();
+        let (mut foca, _, _) = craft_probing_foca(3, config.clone());
+        let mut last = Duration::ZERO;
+        for _ in 0..20 {
+            last = next_probe(&mut foca).0;
+        }
+        assert_eq!(7, foca.health_score());
+        assert_eq!(last, config.probe_period * 8);
+    }
+
+    #[test]
+    fn a_member_that_fails_its_probe_is_told_of_the_suspicion_at_once() {
+        let (mut foca, probed, send_indirect_probe) = craft_probing_foca(5, lifeguard_config());
+        let mut runtime = AccumulatingRuntime::new();
+        assert_eq!(Ok(()), foca.handle_timer(send_indirect_probe, &mut runtime));
+        runtime.clear();
+        // The probe ends unanswered: the member becomes suspect, and is told so at once.
+        assert_eq!(
+            Ok(()),
+            foca.handle_timer(Timer::ProbeRandomMember(foca.timer_token()), &mut runtime)
+        );
+        let notice = runtime.take_data(probed).expect("a notice to the suspect");
+        let (header, updates) = decode(notice);
+        assert!(matches!(header.message, Message::Ping(_)));
+        assert_eq!(
+            updates.first(),
+            Some(&Member::new(probed, 0, State::Suspect))
+        );
+        // Its ack, for a stale probe number, still refutes: the header carries its incarnation.
+        let ack = (
+            Header {
+                src: probed,
+                src_incarnation: 1,
+                dst: ID::new(1),
+                message: Message::Ack(0),
+            },
+            Vec::new(),
+        );
+        assert_eq!(Ok(()), foca.handle_data(&encode(ack), &mut runtime));
+        let now = foca.iter_members().find(|m| m.id() == &probed).unwrap();
+        assert_eq!((now.state(), now.incarnation()), (State::Alive, 1));
+    }
+
     // mesh fork: the TurnUndead chain.
     #[test]
     fn a_suspect_that_refuted_is_not_told_it_is_down() {
@@ -4500,5 +4685,51 @@ mod tests {
             runtime.take_data(probed).is_none(),
             "a member that refuted must not be sent TurnUndead"
         );
+    }
+
+    #[test]
+    fn refuting_a_suspicion_raises_the_health_score() -> Result<()> {
+        let mut foca = Foca::new(ID::new(1), lifeguard_config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::suspect(ID::new(1)), &mut runtime)?;
+        assert_eq!(1, foca.health_score());
+        // A stale suspicion (an incarnation we already refuted) is no news.
+        foca.apply(Member::suspect(ID::new(1)), &mut runtime)?;
+        assert_eq!(1, foca.health_score());
+        Ok(())
+    }
+
+    #[test]
+    fn a_ping_to_a_suspect_carries_the_suspicion_so_it_can_refute_at_once() -> Result<()> {
+        let mut foca = Foca::new(ID::new(1), lifeguard_config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::new(ID::new(2), 3, State::Suspect), &mut runtime)?;
+        // Empty the update queue, so that only the buddy system can put the suspicion in a ping.
+        while !foca.updates.is_empty() {
+            foca.gossip(&mut runtime)?;
+        }
+        runtime.clear();
+
+        assert_eq!(
+            Ok(()),
+            foca.handle_timer(Timer::ProbeRandomMember(foca.timer_token()), &mut runtime)
+        );
+        let (header, updates) = decode(runtime.take_data(ID::new(2)).expect("a ping"));
+        assert!(matches!(header.message, Message::Ping(_)));
+        assert_eq!(
+            updates.first(),
+            Some(&Member::new(ID::new(2), 3, State::Suspect)),
+            "the suspicion rides first"
+        );
+
+        // The suspect, receiving it, refutes at once: its incarnation goes past the suspected one.
+        let mut suspect = Foca::new(ID::new(2), config(), rng(), codec());
+        let mut suspect_rt = AccumulatingRuntime::new();
+        suspect.apply(Member::alive(ID::new(1)), &mut suspect_rt)?;
+        suspect.apply(Member::new(ID::new(2), 3, State::Suspect), &mut suspect_rt)?;
+        assert!(suspect.incarnation() > 3);
+        Ok(())
     }
 }

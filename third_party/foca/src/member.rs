@@ -329,6 +329,13 @@ where
         self.inner.iter().filter(|m| m.is_active())
     }
 
+    // mesh fork: the member `id` exactly (this identity, not another at its address).
+    pub(crate) fn get(&self, id: &T) -> Option<&Member<T>> {
+        self.position(&id.addr())
+            .map(|pos| &self.inner[pos])
+            .filter(|m| &m.id == id)
+    }
+
     pub(crate) fn is_active(&self, id: &T) -> bool {
         self.position(&id.addr())
             .is_some_and(|pos| &self.inner[pos].id == id && self.inner[pos].is_active())

@@ -37,6 +37,11 @@ impl<T: Clone + PartialEq> Probe<T> {
         self.probe_number
     }
 
+    // mesh fork: whether a probe is under way (for Lifeguard's score).
+    pub(crate) const fn is_started(&self) -> bool {
+        self.direct.is_some()
+    }
+
     pub(crate) const fn probe_number(&self) -> ProbeNumber {
         self.probe_number
     }
