@@ -70,6 +70,55 @@ pub struct MembershipConfig {
     /// Encoded bytes of records at most in one sync answer: half the 16 MiB sync frame, so an
     /// answer always fits. A requester gets the rest in its next sync. Default 8 MiB.
     pub max_sync_answer_bytes: usize,
+    /// Rescale SWIM's suspicion timeout and retransmission count with the number of members
+    /// seen, as memberlist does at every probe, instead of fixing them once from a guessed
+    /// cluster size. `None` keeps `swim`'s values as they are.
+    pub scaling: Option<SwimScaling>,
+}
+
+/// How SWIM's cluster-size-dependent settings follow the members a node sees (memberlist's
+/// `suspicionTimeout` and `retransmitLimit`, with `n` the larger of the members seen, this node
+/// included, and [`min_members`](Self::min_members)):
+///
+/// - `swim.suspect_to_down_after = suspicion_mult × max(1, log10 n) × swim.probe_period`;
+/// - `swim.max_transmissions = retransmit_mult × ceil(log10(n + 1))`, at most 255.
+///
+/// A fixed suspicion timeout sized for 32 members (6 s on a LAN) gives a suspect at 250 members
+/// less time to hear of its suspicion and refute it than memberlist's 9.6 s, and 6 transmissions
+/// of each update reach fewer of them: both show as false downs while a large cluster forms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwimScaling {
+    /// memberlist's `SuspicionMult`: 4 on LANs, 6 on WANs.
+    pub suspicion_mult: f64,
+    /// memberlist's `RetransmitMult`: 4 on LANs and WANs.
+    pub retransmit_mult: f64,
+    /// The settings never fall below those for this many members (the preset's
+    /// `cluster_size`), so small clusters keep the preset's timings.
+    pub min_members: u32,
+}
+
+impl SwimScaling {
+    /// The suspicion timeout for `n` members with probes every `probe_period`.
+    pub fn suspect_to_down_after(&self, n: usize, probe_period: Duration) -> Duration {
+        let n = self.members(n);
+        let scale = f64::max(1.0, n.log10());
+        // Finite and positive for any n (log10 of at most usize::MAX is under 20) as long as the
+        // multiplier is; a nonsense multiplier falls back to one probe period.
+        Duration::try_from_secs_f64(self.suspicion_mult * scale * probe_period.as_secs_f64())
+            .unwrap_or(probe_period)
+    }
+
+    /// Transmissions of each update for `n` members.
+    pub fn max_transmissions(&self, n: usize) -> NonZeroU8 {
+        let n = self.members(n);
+        let tx = (self.retransmit_mult * (n + 1.0).log10().ceil()).clamp(1.0, 255.0);
+        // In 1..=255 after the clamp (a NaN multiplier gives 1).
+        NonZeroU8::new(tx as u8).unwrap_or(NonZeroU8::MIN)
+    }
+
+    fn members(&self, n: usize) -> f64 {
+        (n as f64).max(f64::from(self.min_members)).max(1.0)
+    }
 }
 
 /// Defaults of the caps shared by every preset.
@@ -87,8 +136,11 @@ pub const DEFAULT_MAX_DATAGRAM_SIZE: usize = 1400;
 impl MembershipConfig {
     /// For a LAN. SWIM settings are foca's `Config::new_lan(cluster_size)` (themselves derived from
     /// memberlist's `DefaultLANConfig`): probe every 1 s, 500 ms to ack, suspicion timeout
-    /// `4 × max(1, log10 n)` s, gossip every 200 ms to 3 members, announce to 2 down members every
-    /// 65 s. Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs. Down and left
+    /// `4 × max(1, log10 n)` s and `4 × ceil(log10(n + 1))` transmissions of each update, with `n`
+    /// the members seen but at least `cluster_size` ([`scaling`](Self::scaling)), gossip every
+    /// 200 ms to 3 members, announce to 2 down members every 65 s; Lifeguard's health awareness
+    /// stretches the probe interval and timeout up to 8 times while this node's own probes go
+    /// unanswered (`swim.awareness_max_multiplier`). Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs. Down and left
     /// members are kept 5 minutes (`dead_retention`; foca's `remove_down_after` follows it).
     pub fn lan(cluster_size: u32) -> Self {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -110,12 +162,17 @@ impl MembershipConfig {
             max_down_list: MAX_DOWN_LIST,
             max_records_per_sync: MAX_RECORDS_PER_SYNC,
             max_sync_answer_bytes: MAX_SYNC_ANSWER_BYTES,
+            scaling: Some(SwimScaling {
+                suspicion_mult: 4.0,
+                retransmit_mult: 4.0,
+                min_members: n.get(),
+            }),
         }
     }
 
     /// For a WAN. SWIM settings are foca's `Config::new_wan(cluster_size)` (from memberlist's
-    /// `DefaultWANConfig`): probe every 5 s, 3 s to ack, suspicion timeout `6 × max(1, log10 n) × 5` s,
-    /// gossip every 500 ms to 4 members. Anti-entropy every 60 s is memberlist's WAN
+    /// `DefaultWANConfig`): probe every 5 s, 3 s to ack, suspicion timeout `6 × max(1, log10 n) × 5` s
+    /// (`n` as for [`lan`](Self::lan)), gossip every 500 ms to 4 members. Anti-entropy every 60 s is memberlist's WAN
     /// `PushPullInterval`. Down and left members are kept 10 minutes (four of foca's WAN
     /// announcements to down members, every 125 s).
     pub fn wan(cluster_size: u32) -> Self {
@@ -128,6 +185,11 @@ impl MembershipConfig {
             seed_recheck_interval: Duration::from_secs(60),
             sync_timeout: Duration::from_secs(15),
             dead_retention: Duration::from_secs(600),
+            scaling: Some(SwimScaling {
+                suspicion_mult: 6.0,
+                retransmit_mult: 4.0,
+                min_members: n.get(),
+            }),
             ..Self::lan(cluster_size)
         }
     }
@@ -136,7 +198,7 @@ impl MembershipConfig {
     /// timeout 200 ms, suspicion multiplier 3, gossip 100 ms, push/pull 15 s) scaled down five
     /// times, so that a crash is detected within about two seconds.
     ///
-    /// - probe every 200 ms, 100 ms to ack, 3 indirect probes;
+    /// - probe every 200 ms, 100 ms to ack, 3 indirect probes; no Lifeguard awareness;
     /// - suspicion timeout 1 s; down members forgotten after 60 s;
     /// - gossip every 50 ms to 3 members, 6 transmissions per update;
     /// - announce to one member every 2 s, to two down members every 2 s;
@@ -149,6 +211,11 @@ impl MembershipConfig {
         swim.max_transmissions = NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN);
         swim.suspect_to_down_after = Duration::from_secs(1);
         swim.notify_down_members = true;
+        // Lifeguard's awareness stays off here (memberlist's DefaultLocalConfig has it on): this
+        // preset exists to detect crashes within about two seconds, and without nacks every
+        // probe of a crashed member counts against the prober, stretching its probes up to 8
+        // times while crashes are frequent (`tests/churn.rs` crashes one member every 0.4 s).
+        swim.awareness_max_multiplier = 0;
         let every = |ms, n| {
             Some(PeriodicParams {
                 frequency: Duration::from_millis(ms),
@@ -176,6 +243,7 @@ impl MembershipConfig {
             max_down_list: MAX_DOWN_LIST,
             max_records_per_sync: MAX_RECORDS_PER_SYNC,
             max_sync_answer_bytes: MAX_SYNC_ANSWER_BYTES,
+            scaling: None,
         }
     }
 
@@ -186,16 +254,24 @@ impl MembershipConfig {
     /// `n` probe periods (in expectation much sooner: SWIM's analysis gives a first detection after
     /// about 1.58 periods). A failed probe marks it suspect, and it is declared down
     /// `suspect_to_down_after` later; the `Down` update then spreads by gossip in
-    /// `O(log n)` gossip rounds, bounded here by `max_transmissions` rounds of `periodic_gossip`.
+    /// `O(log n)` gossip rounds, bounded here by `max_transmissions` rounds of `periodic_gossip`
+    /// (both for `n` members where [`scaling`](Self::scaling) is set).
     pub fn detection_bound(&self, n: usize) -> Duration {
         let probe = self.swim.probe_period * u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let (suspicion, tx) = match &self.scaling {
+            Some(sc) => (
+                sc.suspect_to_down_after(n, self.swim.probe_period),
+                sc.max_transmissions(n),
+            ),
+            None => (self.swim.suspect_to_down_after, self.swim.max_transmissions),
+        };
         let gossip = self
             .swim
             .periodic_gossip
             .as_ref()
             .map_or(self.swim.probe_period, |p| p.frequency)
-            * u32::from(self.swim.max_transmissions.get());
-        probe + self.swim.probe_rtt + self.swim.suspect_to_down_after + gossip
+            * u32::from(tx.get());
+        probe + self.swim.probe_rtt + suspicion + gossip
     }
 }
 
@@ -203,5 +279,40 @@ impl Default for MembershipConfig {
     /// [`MembershipConfig::lan`] for a cluster of about 32 nodes.
     fn default() -> Self {
         Self::lan(32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_follows_memberlist_and_never_goes_below_the_preset() {
+        let lan = MembershipConfig::lan(32);
+        let sc = lan.scaling.expect("lan scales");
+        let period = lan.swim.probe_period;
+        // Up to the preset's 32 members: the preset's own suspicion timeout (foca's new_lan(32)).
+        for n in [1, 5, 32] {
+            assert_eq!(
+                sc.suspect_to_down_after(n, period),
+                lan.swim.suspect_to_down_after
+            );
+        }
+        // memberlist: 4 × log10(250) s = 9.59 s; 4 × ceil(log10 251) = 12 transmissions.
+        let at_250 = sc.suspect_to_down_after(250, period);
+        assert!(at_250 > Duration::from_millis(9_500) && at_250 < Duration::from_millis(9_700));
+        assert_eq!(sc.max_transmissions(250).get(), 12);
+        assert_eq!(sc.max_transmissions(10_000).get(), 20);
+        // Never zero, never past 255, whatever the multiplier.
+        let odd = SwimScaling {
+            suspicion_mult: f64::NAN,
+            retransmit_mult: 1e9,
+            min_members: 0,
+        };
+        assert_eq!(odd.suspect_to_down_after(0, period), period);
+        assert_eq!(odd.max_transmissions(usize::MAX).get(), 255);
+        // The detection bound uses the scaled values.
+        assert!(lan.detection_bound(250) > lan.detection_bound(32));
+        assert!(MembershipConfig::local().scaling.is_none());
     }
 }

@@ -95,6 +95,20 @@
 //! suspicion, 10 nodes) the same reasoning estimates about 6 s, with a worst case of 15.3 s; that
 //! estimate is not yet measured.
 //!
+//! Where [`scaling`](MembershipConfig::scaling) is set (the `lan` and `wan` presets),
+//! `suspect_to_down_after` and the number of transmissions of each update follow the members
+//! seen, as memberlist computes them: `4 × max(1, log10 n)` probe periods on a LAN (9.6 s at 250
+//! members) and `4 × ceil(log10(n + 1))` transmissions.
+//!
+//! **Lifeguard** (in the foca fork, `third_party/foca/README.mesh.md`), on in `lan` and `wan`: a
+//! node whose own probes go unanswered, or that has to refute suspicions, raises a health score
+//! ([`Membership::health_score`]) that stretches its probe interval and timeout up to 8 times, so a
+//! node starved of CPU suspects others less; and a member that fails a probe is told of the
+//! suspicion at once by its prober (the buddy system), so that one that was merely slow refutes it
+//! within a round trip. A refuted suspicion never ends in a `TurnUndead` (upstream foca sent one
+//! when the suspicion timer fired whatever had happened since, which made live members rejoin
+//! under a new identity: the false downs once seen under packet loss).
+//!
 //! A **graceful leave** is faster than detection: the node publishes a farewell record (no
 //! services, `leaving`) and gossips its own `Down`; either one removes its services wherever it
 //! arrives, and members report it as [`MemberState::Left`] (50 ms for 6 nodes in the tests).
@@ -176,7 +190,7 @@ pub mod swim;
 pub mod transport;
 
 pub use crate::auth::{AuthError, RecordAuth, Unsigned};
-pub use crate::config::MembershipConfig;
+pub use crate::config::{MembershipConfig, SwimScaling};
 pub use crate::core::{Membership, Stats, SyncTask, TableSizes, Transmit};
 pub use crate::driver::{KeyChangeError, MembershipHandle, Stopped};
 pub use crate::generation::generation_now;

@@ -224,6 +224,9 @@ pub struct Membership {
     /// Whether a datagram's SWIM source must be the address it came from (set by transports
     /// whose source addresses are authenticated, such as QUIC with mutual TLS).
     require_source_match: bool,
+    /// The member count (this node included) SWIM's settings were last scaled for
+    /// (`MembershipConfig::scaling`).
+    scaled_for: usize,
 }
 
 impl std::fmt::Debug for Membership {
@@ -277,7 +280,7 @@ impl Membership {
         let own_signed = sign_own(auth.as_ref(), &own, &mut stats);
         let mut events = VecDeque::new();
         let registry = Registry::new(id, own.clone(), own_signed.clone(), &mut events);
-        Self {
+        let mut core = Self {
             envelope: Envelope::new(&config.cluster),
             join_backoff: config.join_backoff_min,
             config,
@@ -306,6 +309,43 @@ impl Membership {
             leaving: false,
             stats,
             require_source_match: false,
+            scaled_for: 0,
+        };
+        core.rescale_swim();
+        core
+    }
+
+    /// Rescales SWIM's suspicion timeout and transmissions to the members now seen
+    /// (`MembershipConfig::scaling`); cheap when the count has not changed.
+    fn rescale_swim(&mut self) {
+        let n = self.foca.num_members() + 1;
+        let Some(scaling) = self.config.scaling else {
+            return;
+        };
+        if n == self.scaled_for {
+            return;
+        }
+        self.scaled_for = n;
+        let mut swim = self.config.swim.clone();
+        swim.suspect_to_down_after = scaling.suspect_to_down_after(n, swim.probe_period);
+        swim.max_transmissions = scaling.max_transmissions(n);
+        if swim.suspect_to_down_after == self.config.swim.suspect_to_down_after
+            && swim.max_transmissions == self.config.swim.max_transmissions
+        {
+            return;
+        }
+        match self.foca.set_config(swim.clone()) {
+            Ok(()) => {
+                debug!(
+                    members = n,
+                    suspicion = ?swim.suspect_to_down_after,
+                    transmissions = swim.max_transmissions,
+                    "SWIM rescaled to the cluster"
+                );
+                self.config.swim = swim;
+            }
+            // Only the timeout and the count changed, which foca allows at any time.
+            Err(e) => debug!(error = %e, "SWIM settings not rescaled"),
         }
     }
 
@@ -346,6 +386,14 @@ impl Membership {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// This node's Lifeguard health score: 0 when its probes are answered, up to
+    /// `swim.awareness_max_multiplier - 1` as they go unanswered or it has to refute suspicions.
+    /// Its probe interval and timeout are stretched by `score + 1` (memberlist's
+    /// `memberlist.health.score`).
+    pub fn health_score(&self) -> u8 {
+        self.foca.health_score()
     }
 
     /// Handles one datagram from `from`. Anything malformed is counted and dropped.

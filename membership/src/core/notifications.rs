@@ -53,6 +53,7 @@ impl Membership {
             }
         }
         self.enforce_caps(now);
+        self.rescale_swim();
     }
 
     fn handle_notification(&mut self, now: Instant, n: OwnedNotification<SwimId>) {

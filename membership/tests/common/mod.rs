@@ -100,7 +100,11 @@ pub fn greeter() -> ServiceInfo {
 
 impl Cluster {
     pub fn new(n: usize) -> Self {
-        let cfg = MembershipConfig::local();
+        Self::with_config(n, MembershipConfig::local())
+    }
+
+    /// As [`new`](Self::new), with another configuration (converged within 3 virtual seconds).
+    pub fn with_config(n: usize, cfg: MembershipConfig) -> Self {
         let mut nodes: Vec<Membership> = (0..n)
             .map(|i| {
                 let mut m = Membership::new(
