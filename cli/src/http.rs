@@ -327,7 +327,18 @@ async fn metrics(node: &Node) -> String {
     let _ = writeln!(out, "# TYPE mesh_client_retries_total counter");
     let _ = writeln!(out, "mesh_client_retries_total {}", node.retries());
     connection_metrics(&mut out, &node.connection_stats());
-    if let Ok(g) = node.membership().query(|c| c.stats().clone()).await {
+    if let Ok((g, health)) = node
+        .membership()
+        .query(|c| (c.stats().clone(), c.health_score()))
+        .await
+    {
+        let _ = writeln!(
+            out,
+            "# HELP mesh_health_score This node's Lifeguard health score: 0 is healthy; its probe \
+             interval and timeout are stretched by score + 1."
+        );
+        let _ = writeln!(out, "# TYPE mesh_health_score gauge");
+        let _ = writeln!(out, "mesh_health_score {health}");
         let _ = writeln!(
             out,
             "# HELP mesh_gossip_bytes_total Membership datagram bytes, by direction."
@@ -348,11 +359,22 @@ async fn metrics(node: &Node) -> String {
             "# HELP mesh_gossip_dropped_total Membership datagrams dropped, by reason."
         );
         let _ = writeln!(out, "# TYPE mesh_gossip_dropped_total counter");
+        let port = node.socket_stats();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         for (reason, n) in [
             ("garbage", g.dropped_garbage),
             ("version", g.dropped_version),
             ("other_cluster", g.dropped_other_cluster),
             ("malformed", g.dropped_malformed),
+            ("foreign_key", g.dropped_foreign_key),
+            ("unauthentic", g.dropped_unauthentic),
+            ("unsealed", g.dropped_unsealed),
+            ("sealed", g.dropped_sealed),
+            // The queues between the UDP port and the membership driver: a driver that falls
+            // behind loses datagrams here, which SWIM sees as missed acks.
+            ("receive_queue_full", port.gossip_in_dropped.load(relaxed)),
+            ("send_queue_full", port.gossip_send_dropped.load(relaxed)),
+            ("send_error", port.gossip_send_errors.load(relaxed)),
         ] {
             let _ = writeln!(out, "mesh_gossip_dropped_total{{reason=\"{reason}\"}} {n}");
         }

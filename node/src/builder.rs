@@ -327,6 +327,7 @@ impl NodeBuilder {
             })),
         )?;
         let connections = transport.connections().clone();
+        let socket_stats = transport.socket_stats().clone();
         connections.set_config(&self.connections);
         let mut mconfig = self.membership;
         mconfig.max_datagram_size = mconfig.max_datagram_size.min(MAX_GOSSIP_DATAGRAM);
@@ -366,6 +367,7 @@ impl NodeBuilder {
                 addr: advertise,
                 membership,
                 connections,
+                socket_stats,
                 endpoint: quic,
                 router,
                 client: Arc::new(client),

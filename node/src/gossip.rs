@@ -110,7 +110,7 @@ impl GossipTransport {
     }
 
     /// Counters of the shared UDP port.
-    pub fn socket_stats(&self) -> &SocketStats {
+    pub fn socket_stats(&self) -> &Arc<SocketStats> {
         &self.stats
     }
 }

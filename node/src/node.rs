@@ -31,6 +31,7 @@ pub(crate) struct Inner {
     pub(crate) addr: SocketAddr,
     pub(crate) membership: MembershipHandle,
     pub(crate) connections: Connections,
+    pub(crate) socket_stats: Arc<crate::socket::SocketStats>,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) router: Arc<Router>,
     pub(crate) client: Arc<Client>,
@@ -79,6 +80,12 @@ impl Node {
     /// This node's QUIC connections: open, in use, evicted under the cap, refused.
     pub fn connection_stats(&self) -> ConnectionStats {
         self.inner.connections.stats()
+    }
+
+    /// Counters of the node's UDP port: membership datagrams in and out, and those dropped
+    /// because a queue between the socket and the membership driver was full.
+    pub fn socket_stats(&self) -> &crate::socket::SocketStats {
+        &self.inner.socket_stats
     }
 
     /// Per-endpoint statistics of the calls this node served.
