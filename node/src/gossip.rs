@@ -16,7 +16,9 @@ use bytes::Bytes;
 use mesh_membership::transport::{
     read_frame, write_frame, Incoming, SyncFuture, Transport, TransportError, INCOMING_CAPACITY,
 };
-use mesh_protocol::{from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest};
+use mesh_protocol::{
+    from_msgpack, to_msgpack, FrameKind, Preamble, StreamKind, SyncRequest, SyncResponse,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -204,21 +206,38 @@ impl Transport for GossipTransport {
     fn sync(&self, to: SocketAddr, request: SyncRequest) -> SyncFuture {
         let connections = self.connections.clone();
         Box::pin(async move {
+            // A connection dialed for this sync alone closes once it is done (unless a call or
+            // another sync took it up meanwhile); one that was open already stays.
+            let open_before = connections.cached(to).map(|c| c.stable_id());
             let conn = connections.connection(to).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(io)?;
-            send.write_all(&Preamble::new(StreamKind::RegistrySync).to_bytes())
-                .await
-                .map_err(io)?;
-            write_frame(
-                &mut send,
-                FrameKind::Header,
-                &to_msgpack(&request).map_err(proto)?,
-                MAX_SYNC_FRAME,
-            )
-            .await?;
-            send.finish().map_err(io)?;
-            from_msgpack(&read_frame(&mut recv, FrameKind::Header, MAX_SYNC_FRAME).await?)
-                .map_err(proto)
+            let dialed = open_before != Some(conn.stable_id());
+            let response = sync_on(&conn, request).await;
+            let used = quinn::Connection::clone(&conn);
+            drop(conn);
+            if dialed {
+                connections.close_if_idle(to, &used, "registry sync done");
+            }
+            response
         })
     }
+}
+
+/// One registry sync on `conn`: the request out, the response back.
+async fn sync_on(
+    conn: &quinn::Connection,
+    request: SyncRequest,
+) -> Result<SyncResponse, TransportError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(io)?;
+    send.write_all(&Preamble::new(StreamKind::RegistrySync).to_bytes())
+        .await
+        .map_err(io)?;
+    write_frame(
+        &mut send,
+        FrameKind::Header,
+        &to_msgpack(&request).map_err(proto)?,
+        MAX_SYNC_FRAME,
+    )
+    .await?;
+    send.finish().map_err(io)?;
+    from_msgpack(&read_frame(&mut recv, FrameKind::Header, MAX_SYNC_FRAME).await?).map_err(proto)
 }

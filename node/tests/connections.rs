@@ -302,3 +302,36 @@ async fn a_node_bound_to_the_wildcard_is_dialed_at_its_advertised_address() {
     touch(&client, &server).await;
     assert_eq!(client.connection_stats().refused_identity, 0);
 }
+
+/// A connection dialed for a registry sync alone closes when the sync is done, instead of
+/// lingering for QUIC's idle timeout (30 s): a node pulling records from dozens of peers while a
+/// cluster forms holds only the connections in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dialed_for_a_registry_sync_closes_when_it_is_done() {
+    let seed = node(16, Vec::new()).await;
+    let joiner = Node::builder()
+        .credentials(Credentials::key(KEY).unwrap())
+        .seeds(vec![seed.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    // The join's full sync (dialed by the joiner) brought the seed's record...
+    eventually(LIMIT, "the joiner holds the seed's record", || async {
+        joiner
+            .membership()
+            .visible_records()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id.addr == seed.addr())
+    })
+    .await;
+    assert!(joiner.connection_stats().dialed >= 1, "the sync dialed");
+    // ... and its connection closed on both sides well within QUIC's 30 s idle timeout.
+    eventually(LIMIT, "no connection left open", || async {
+        joiner.connection_stats().open == 0 && seed.connection_stats().open == 0
+    })
+    .await;
+    joiner.shutdown().await;
+    seed.shutdown().await;
+}

@@ -192,6 +192,25 @@ impl<C> Table<C> {
         Some(e.conn)
     }
 
+    /// Retires and removes the connection to `peer` that `is_it` picks if nothing uses it;
+    /// returns it for the caller to close. `None` (and nothing changes) if there is none or it
+    /// is in use. (Two connections to one peer exist while both dialed each other.)
+    pub(crate) fn retire_idle(
+        &mut self,
+        peer: SocketAddr,
+        is_it: impl Fn(&C) -> bool,
+    ) -> Option<C> {
+        let id = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.peer == peer && is_it(&e.conn))
+            .map(|(id, _)| *id)?;
+        if !self.entries.get(&id)?.slot.try_retire() {
+            return None;
+        }
+        self.remove(id)
+    }
+
     /// Forgets every connection to `peer`; returns them for the caller to close.
     pub(crate) fn remove_peer(&mut self, peer: SocketAddr) -> Vec<C> {
         let ids: Vec<u64> = self
@@ -235,6 +254,29 @@ mod tests {
     fn admit(t: &mut Table<u16>, port: u16, now: u64) -> Admitted<u16> {
         t.admit(addr(port), port, now, LIMITS)
             .unwrap_or_else(|_| panic!("{port} refused"))
+    }
+
+    #[test]
+    fn only_an_idle_connection_is_retired_on_request() {
+        let mut t = Table::default();
+        let a = admit(&mut t, 1, 1);
+        assert!(a.slot.try_acquire(2));
+        let any = |_: &u16| true;
+        assert_eq!(t.retire_idle(addr(1), any), None, "in use: kept");
+        assert_eq!(t.len(), 1);
+        assert!(a.slot.release(3));
+        assert_eq!(t.retire_idle(addr(1), |c| *c == 7), None, "not that one");
+        assert_eq!(t.retire_idle(addr(1), any), Some(1));
+        assert_eq!(t.len(), 0);
+        assert!(
+            !a.slot.try_acquire(4),
+            "a retired connection serves nothing more"
+        );
+        assert_eq!(
+            t.retire_idle(addr(9), any),
+            None,
+            "no connection to that peer"
+        );
     }
 
     #[test]
