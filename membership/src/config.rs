@@ -129,6 +129,16 @@ const MAX_DOWN_LIST: usize = 256;
 const MAX_RECORDS_PER_SYNC: usize = 4_096;
 const MAX_SYNC_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
+/// `swim` with Lifeguard's health awareness off (`awareness_max_multiplier` 0), the buddy system
+/// kept. Without nacks from indirect probers (not implemented yet), every probe of an unreachable
+/// member counts against the prober: in `partition.toml` (50/50 for 30 s) every node's score
+/// reached its maximum, stretching its probes eight times, and the worst heal took 41.5 s instead
+/// of 17 s. Set `swim.awareness_max_multiplier = 8` (memberlist's value) to try it.
+fn without_awareness(mut swim: foca::Config) -> foca::Config {
+    swim.awareness_max_multiplier = 0;
+    swim
+}
+
 /// A datagram size that fits any path with a 1500-byte MTU and a QUIC or IPv6 overhead:
 /// foca's own default `max_packet_size` (1400).
 pub const DEFAULT_MAX_DATAGRAM_SIZE: usize = 1400;
@@ -138,15 +148,15 @@ impl MembershipConfig {
     /// memberlist's `DefaultLANConfig`): probe every 1 s, 500 ms to ack, suspicion timeout
     /// `4 × max(1, log10 n)` s and `4 × ceil(log10(n + 1))` transmissions of each update, with `n`
     /// the members seen but at least `cluster_size` ([`scaling`](Self::scaling)), gossip every
-    /// 200 ms to 3 members, announce to 2 down members every 65 s; Lifeguard's health awareness
-    /// stretches the probe interval and timeout up to 8 times while this node's own probes go
-    /// unanswered (`swim.awareness_max_multiplier`). Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs. Down and left
+    /// 200 ms to 3 members, announce to 2 down members every 65 s; Lifeguard's buddy system on
+    /// (a suspect hears of its suspicion from its prober at once), its health awareness off until
+    /// nacks exist (see `swim.awareness_max_multiplier`). Anti-entropy every 30 s is memberlist's `PushPullInterval` for LANs. Down and left
     /// members are kept 5 minutes (`dead_retention`; foca's `remove_down_after` follows it).
     pub fn lan(cluster_size: u32) -> Self {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             cluster: "mesh".into(),
-            swim: foca::Config::new_lan(n),
+            swim: without_awareness(foca::Config::new_lan(n)),
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
             anti_entropy_interval: Duration::from_secs(30),
             member_pull_delay: Duration::from_secs(2),
@@ -178,7 +188,7 @@ impl MembershipConfig {
     pub fn wan(cluster_size: u32) -> Self {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
-            swim: foca::Config::new_wan(n),
+            swim: without_awareness(foca::Config::new_wan(n)),
             anti_entropy_interval: Duration::from_secs(60),
             member_pull_delay: Duration::from_secs(5),
             join_backoff_max: Duration::from_secs(60),
@@ -211,10 +221,8 @@ impl MembershipConfig {
         swim.max_transmissions = NonZeroU8::new(6).unwrap_or(NonZeroU8::MIN);
         swim.suspect_to_down_after = Duration::from_secs(1);
         swim.notify_down_members = true;
-        // Lifeguard's awareness stays off here (memberlist's DefaultLocalConfig has it on): this
-        // preset exists to detect crashes within about two seconds, and without nacks every
-        // probe of a crashed member counts against the prober, stretching its probes up to 8
-        // times while crashes are frequent (`tests/churn.rs` crashes one member every 0.4 s).
+        // Lifeguard's awareness stays off here too (see `without_awareness`; `tests/churn.rs`,
+        // which crashes one member every 0.4 s, also overflows with it on).
         swim.awareness_max_multiplier = 0;
         let every = |ms, n| {
             Some(PeriodicParams {

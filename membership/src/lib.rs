@@ -100,12 +100,12 @@
 //! seen, as memberlist computes them: `4 × max(1, log10 n)` probe periods on a LAN (9.6 s at 250
 //! members) and `4 × ceil(log10(n + 1))` transmissions.
 //!
-//! **Lifeguard** (in the foca fork, `third_party/foca/README.mesh.md`), on in `lan` and `wan`: a
-//! node whose own probes go unanswered, or that has to refute suspicions, raises a health score
-//! ([`Membership::health_score`]) that stretches its probe interval and timeout up to 8 times, so a
-//! node starved of CPU suspects others less; and a member that fails a probe is told of the
-//! suspicion at once by its prober (the buddy system), so that one that was merely slow refutes it
-//! within a round trip. A refuted suspicion never ends in a `TurnUndead` (upstream foca sent one
+//! **Lifeguard** (in the foca fork, `third_party/foca/README.mesh.md`): a member that fails a
+//! probe is told of the suspicion at once by its prober (the buddy system, on in `lan` and
+//! `wan`), so that one that was merely slow refutes it within a round trip. The health score
+//! ([`Membership::health_score`]), which stretches the probe interval and timeout of a node whose
+//! own probes go unanswered, is built but off in every preset until nacks exist: without them a
+//! partition raises every node's score and slows the heal. A refuted suspicion never ends in a `TurnUndead` (upstream foca sent one
 //! when the suspicion timer fired whatever had happened since, which made live members rejoin
 //! under a new identity: the false downs once seen under packet loss).
 //!
