@@ -18,6 +18,7 @@ use crate::error::Failure;
 mod args;
 mod demo;
 mod error;
+mod heap;
 mod http;
 mod inspect;
 mod keys;

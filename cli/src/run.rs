@@ -43,6 +43,7 @@ pub(crate) async fn run_node(mut args: RunArgs) -> Result<(), Failure> {
     }
     let node = b.spawn().await?;
     println!("{} running at {}", node.name(), node.addr());
+    let trimmer = tokio::spawn(crate::heap::trim_periodically());
     let http = match args.http {
         Some(addr) => Some(
             http::serve(node.clone(), addr)
@@ -52,6 +53,7 @@ pub(crate) async fn run_node(mut args: RunArgs) -> Result<(), Failure> {
         None => None,
     };
     shutdown_signal().await;
+    trimmer.abort();
     tracing::info!("signal received: leaving the cluster");
     if let Some(h) = http {
         h.abort();
