@@ -44,6 +44,19 @@ enum Ev {
     Act(usize),
 }
 
+impl Ev {
+    /// The node that handles this event, if it is one node's.
+    fn node(&self) -> Option<usize> {
+        match self {
+            Ev::Deliver { to, .. } | Ev::SyncRequest { to, .. } | Ev::SyncResponse { to, .. } => {
+                Some(*to)
+            }
+            Ev::Wake { node } => Some(*node),
+            Ev::Converged | Ev::Join { .. } | Ev::Act(_) => None,
+        }
+    }
+}
+
 struct Queued(Duration, u64, Ev);
 
 impl PartialEq for Queued {
@@ -168,6 +181,17 @@ impl Sim {
     }
 
     fn handle(&mut self, ev: Ev) {
+        // A stalled node handles nothing until its stall ends; then everything, in the order it
+        // came (re-queued events keep their order: same time, rising sequence numbers).
+        if let Some(i) = ev.node() {
+            if let Some(until) = self.nodes[i].stalled_until.filter(|u| *u > self.now) {
+                if matches!(ev, Ev::Wake { .. }) {
+                    self.nodes[i].wake = Some(until);
+                }
+                self.push(until, ev);
+                return;
+            }
+        }
         let now = self.instant();
         match ev {
             Ev::Join { node } => self.start_node(node),
@@ -306,6 +330,21 @@ impl Sim {
                 for j in dead {
                     self.start_node(j);
                 }
+            }
+            ActionKind::Stall {
+                fraction,
+                duration_s,
+            } => {
+                let mut alive: Vec<usize> = self.alive().filter(|&j| j != 0).collect();
+                let k = ((alive.len() as f64) * fraction).round() as usize;
+                let until = self.now + Duration::from_secs_f64(duration_s.max(0.0));
+                for _ in 0..k.min(alive.len()) {
+                    let pick = self.rng.random_range(0..alive.len());
+                    let victim = alive.swap_remove(pick);
+                    self.nodes[victim].stalled_until = Some(until);
+                }
+                self.healed_at = Some(until);
+                self.push(until + CONVERGE_CHECK, Ev::Converged);
             }
             ActionKind::Partition { fraction } => self.links.partition(fraction, n),
             ActionKind::CutOneWay { fraction } => self.links.cut_one_way(fraction, n),

@@ -19,6 +19,8 @@ pub(crate) struct Node {
     pub(crate) incarnation: u64,
     /// The wake-up scheduled for the core, if any.
     pub(crate) wake: Option<Duration>,
+    /// Until when the node processes nothing (a `stall` action).
+    pub(crate) stalled_until: Option<Duration>,
 }
 
 impl Node {
@@ -29,6 +31,7 @@ impl Node {
             last_generation: 0,
             incarnation: 0,
             wake: None,
+            stalled_until: None,
         }
     }
 

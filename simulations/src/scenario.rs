@@ -109,6 +109,17 @@ pub enum ActionKind {
     },
     /// Restart every crashed node at its address, as a new generation.
     Restart,
+    /// Stall this fraction of the alive nodes (never node 0) for `duration_s`: they process
+    /// nothing (datagrams, timers, syncs) until then, and then everything that arrived, in order,
+    /// as a process stopped by the OS (`SIGSTOP`, a long GC pause, a starved CPU) would. The
+    /// network keeps delivering to them. The case Lifeguard was made for: the others must not
+    /// declare anyone down. Its end is measured like a heal.
+    Stall {
+        /// Fraction of alive nodes.
+        fraction: f64,
+        /// How long, in virtual seconds.
+        duration_s: f64,
+    },
     /// Split the nodes into two sides (the first `fraction` of them, and the rest).
     Partition {
         /// Size of the first side.

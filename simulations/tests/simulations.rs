@@ -93,3 +93,23 @@ fn sealing_adds_32_bytes_to_every_datagram_and_changes_nothing_else() {
         "{extra} bytes more per datagram"
     );
 }
+
+/// Lifeguard's case: 5% of a 100-node cluster stop processing for 5 s while the network keeps
+/// delivering to them. Nobody is declared down (with foca's old TurnUndead, each of the 5 stalled
+/// nodes was, in every seed), and the cluster is whole at the first check after the stall.
+#[test]
+fn a_five_second_stall_of_five_percent_of_the_nodes_declares_nobody_down() {
+    let mut s = scenario("stall");
+    s.seeds = vec![1];
+    let reports = run(&s, false).unwrap();
+    print!("{}", table(&reports));
+    for r in &reports {
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.false_positives, 0, "identity renewals after a stall");
+        assert_eq!(
+            r.reconverge_ms.n, 1,
+            "the stall's end is measured like a heal"
+        );
+        assert!(r.reconverge_ms.max <= 1_000.0, "{:?}", r.reconverge_ms);
+    }
+}
