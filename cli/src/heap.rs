@@ -42,7 +42,7 @@ pub(crate) fn trim() -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn trimming_after_freeing_a_burst_is_safe_and_reports_what_it_did() {
+    fn trimming_after_freeing_a_burst_leaves_live_allocations_intact() {
         // Allocate a burst of small blocks, keep every other one (the pattern that strands free
         // pages between live ones), and trim: it must not disturb what is live.
         let mut blocks: Vec<Vec<u8>> = (0..4096).map(|i| vec![(i % 251) as u8; 1024]).collect();

@@ -93,7 +93,8 @@ pub struct SwimScaling {
     /// memberlist's `RetransmitMult`: 4 on LANs and WANs.
     pub retransmit_mult: f64,
     /// The settings never fall below those for this many members (the preset's
-    /// `cluster_size`), so small clusters keep the preset's timings.
+    /// `cluster_size`), so small clusters keep the preset's suspicion timeout. (Transmissions
+    /// round up where foca's preset rounds down: 8 rather than 6 for 32 members.)
     pub min_members: u32,
 }
 

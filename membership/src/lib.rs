@@ -105,9 +105,10 @@
 //! `wan`), so that one that was merely slow refutes it within a round trip. The health score
 //! ([`Membership::health_score`]), which stretches the probe interval and timeout of a node whose
 //! own probes go unanswered, is built but off in every preset until nacks exist: without them a
-//! partition raises every node's score and slows the heal. A refuted suspicion never ends in a `TurnUndead` (upstream foca sent one
-//! when the suspicion timer fired whatever had happened since, which made live members rejoin
-//! under a new identity: the false downs once seen under packet loss).
+//! partition raises every node's score and slows the heal. A member whose refutation reached its
+//! suspecter before the suspicion timer fired is not sent `TurnUndead` (upstream foca sent one
+//! when the timer fired whatever had happened since, which made live members rejoin under a new
+//! identity: the false downs once seen under packet loss).
 //!
 //! A **graceful leave** is faster than detection: the node publishes a farewell record (no
 //! services, `leaving`) and gossips its own `Down`; either one removes its services wherever it

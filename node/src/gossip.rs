@@ -36,6 +36,11 @@ pub const MAX_GOSSIP_DATAGRAM: usize = 1400;
 /// Time allowed to read a sync request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection dialed for a registry sync must stay unused after the sync before it
+/// closes (`Connections::close_when_idle`): many round trips on a LAN, so replies in flight
+/// arrive, and a call the peer starts on it meanwhile keeps it.
+const SYNC_CONNECTION_GRACE: Duration = Duration::from_secs(2);
+
 /// The membership transport of a node: datagrams on its UDP socket, syncs on its connections.
 #[derive(Clone)]
 pub struct GossipTransport {
@@ -215,7 +220,7 @@ impl Transport for GossipTransport {
             let used = quinn::Connection::clone(&conn);
             drop(conn);
             if dialed {
-                connections.close_if_idle(to, &used, "registry sync done");
+                connections.close_when_idle(to, used, SYNC_CONNECTION_GRACE, "registry sync done");
             }
             response
         })

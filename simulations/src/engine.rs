@@ -182,7 +182,8 @@ impl Sim {
 
     fn handle(&mut self, ev: Ev) {
         // A stalled node handles nothing until its stall ends; then everything, in the order it
-        // came (re-queued events keep their order: same time, rising sequence numbers).
+        // came (re-queued events keep their order among themselves: same time, rising sequence
+        // numbers; events scheduled for that very instant before the stall run first).
         if let Some(i) = ev.node() {
             if let Some(until) = self.nodes[i].stalled_until.filter(|u| *u > self.now) {
                 if matches!(ev, Ev::Wake { .. }) {

@@ -183,29 +183,43 @@ impl<C> Table<C> {
         evicted
     }
 
-    /// Forgets the connection `id` (it closed); returns it if it was still there.
+    /// Forgets the connection `id` (it closed); returns it if it was still there. If it was the
+    /// one handed out for its peer and another connection to that peer is open (both dialed each
+    /// other), that one is handed out from now on.
     pub(crate) fn remove(&mut self, id: u64) -> Option<C> {
         let e = self.entries.remove(&id)?;
         if self.by_peer.get(&e.peer) == Some(&id) {
             self.by_peer.remove(&e.peer);
+            let other = self
+                .entries
+                .iter()
+                .filter(|(_, o)| o.peer == e.peer)
+                .map(|(id, _)| *id)
+                .max();
+            if let Some(other) = other {
+                self.by_peer.insert(e.peer, other);
+            }
         }
         Some(e.conn)
     }
 
-    /// Retires and removes the connection to `peer` that `is_it` picks if nothing uses it;
-    /// returns it for the caller to close. `None` (and nothing changes) if there is none or it
-    /// is in use. (Two connections to one peer exist while both dialed each other.)
+    /// Retires and removes the connection to `peer` that `is_it` picks if nothing uses it and
+    /// nothing has since tick `since`; returns it for the caller to close. `None` (and nothing
+    /// changes) if there is none, or it is or was in use since. (Two connections to one peer
+    /// exist while both dialed each other.)
     pub(crate) fn retire_idle(
         &mut self,
         peer: SocketAddr,
         is_it: impl Fn(&C) -> bool,
+        since: u64,
     ) -> Option<C> {
         let id = self
             .entries
             .iter()
             .find(|(_, e)| e.peer == peer && is_it(&e.conn))
             .map(|(id, _)| *id)?;
-        if !self.entries.get(&id)?.slot.try_retire() {
+        let slot = &self.entries.get(&id)?.slot;
+        if slot.last_used() > since || !slot.try_retire() {
             return None;
         }
         self.remove(id)
@@ -262,21 +276,44 @@ mod tests {
         let a = admit(&mut t, 1, 1);
         assert!(a.slot.try_acquire(2));
         let any = |_: &u16| true;
-        assert_eq!(t.retire_idle(addr(1), any), None, "in use: kept");
+        assert_eq!(t.retire_idle(addr(1), any, 9), None, "in use: kept");
         assert_eq!(t.len(), 1);
         assert!(a.slot.release(3));
-        assert_eq!(t.retire_idle(addr(1), |c| *c == 7), None, "not that one");
-        assert_eq!(t.retire_idle(addr(1), any), Some(1));
+        assert_eq!(t.retire_idle(addr(1), |c| *c == 7, 9), None, "not that one");
+        assert_eq!(
+            t.retire_idle(addr(1), any, 2),
+            None,
+            "used since tick 2: kept"
+        );
+        assert_eq!(t.retire_idle(addr(1), any, 3), Some(1));
         assert_eq!(t.len(), 0);
         assert!(
             !a.slot.try_acquire(4),
             "a retired connection serves nothing more"
         );
         assert_eq!(
-            t.retire_idle(addr(9), any),
+            t.retire_idle(addr(9), any, 9),
             None,
             "no connection to that peer"
         );
+    }
+
+    #[test]
+    fn a_removed_connection_hands_its_peer_over_to_another_open_one() {
+        let mut t = Table::default();
+        let dialed = admit(&mut t, 1, 1); // we dialed peer 1 ...
+        let accepted = t
+            .admit(addr(1), 11, 2, LIMITS)
+            .unwrap_or_else(|_| panic!("refused"));
+        assert_eq!(t.get(addr(1)).map(|(c, _)| *c), Some(11)); // ... and it dialed us
+        t.remove(accepted.id);
+        assert_eq!(
+            t.get(addr(1)).map(|(c, _)| *c),
+            Some(1),
+            "the other is handed out"
+        );
+        t.remove(dialed.id);
+        assert_eq!(t.get(addr(1)).map(|(c, _)| *c), None);
     }
 
     #[test]

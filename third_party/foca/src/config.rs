@@ -189,9 +189,9 @@ pub struct Config {
 
     /// Lifeguard's local health awareness (mesh fork; memberlist's
     /// `AwarenessMaxMultiplier`): every probe that ends without an ack
-    /// raises this node's health score, every answered probe lowers it,
-    /// and so does having to refute a suspicion about ourselves (or
-    /// being declared down); the time between probes
+    /// raises this node's health score, and so does having to refute a
+    /// suspicion about ourselves (or being declared down); every answered
+    /// probe lowers it. The time between probes
     /// ([`Config::probe_period`]) and the time to ack
     /// ([`Config::probe_rtt`]) are stretched by `score + 1`, up to this
     /// many times. A node that is itself slow (starved of CPU, its
