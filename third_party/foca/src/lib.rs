@@ -4607,14 +4607,21 @@ mod tests {
         let mut runtime = AccumulatingRuntime::new();
         assert_eq!(Ok(()), foca.handle_timer(send_indirect_probe, &mut runtime));
         runtime.clear();
-        // The probe ends unanswered: the member becomes suspect, and is told so at once.
+        let failed_probe = foca.probe().probe_number();
+        // The probe ends unanswered: the member becomes suspect, and is told so at once, under
+        // the failed probe's number (a regular probe of it would carry the next one).
         assert_eq!(
             Ok(()),
             foca.handle_timer(Timer::ProbeRandomMember(foca.timer_token()), &mut runtime)
         );
+        assert_ne!(
+            foca.probe().probe_number(),
+            failed_probe,
+            "a new probe started"
+        );
         let notice = runtime.take_data(probed).expect("a notice to the suspect");
         let (header, updates) = decode(notice);
-        assert!(matches!(header.message, Message::Ping(_)));
+        assert_eq!(header.message, Message::Ping(failed_probe));
         assert_eq!(
             updates.first(),
             Some(&Member::new(probed, 0, State::Suspect))
