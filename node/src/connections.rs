@@ -139,6 +139,14 @@ impl Inner {
         self.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Runs `f` on the connection table under the lock, and keeps the `open` gauge in step.
+    fn with_table<R>(&self, f: impl FnOnce(&mut Table<quinn::Connection>) -> R) -> R {
+        let mut s = self.state();
+        let r = f(&mut s.table);
+        self.open.store(s.table.len(), Ordering::Relaxed);
+        r
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             cap: self.max_connections.load(Ordering::Relaxed),
@@ -176,14 +184,8 @@ impl Inner {
     /// `false` if it was refused (and closed).
     fn admit(self: &Arc<Self>, peer: SocketAddr, conn: quinn::Connection) -> bool {
         let now = self.tick();
-        let admitted = {
-            let mut s = self.state();
-            let a = s
-                .table
-                .admit(node_addr(peer), conn.clone(), now, self.limits());
-            self.open.store(s.table.len(), Ordering::Relaxed);
-            a
-        };
+        let limits = self.limits();
+        let admitted = self.with_table(|t| t.admit(node_addr(peer), conn.clone(), now, limits));
         let a = match admitted {
             Ok(a) => a,
             Err(conn) => {
@@ -210,12 +212,8 @@ impl Inner {
 
     /// Evicts idle connections down to the cap.
     fn trim(&self) {
-        let evicted = {
-            let mut s = self.state();
-            let e = s.table.trim(self.limits().cap);
-            self.open.store(s.table.len(), Ordering::Relaxed);
-            e
-        };
+        let cap = self.limits().cap;
+        let evicted = self.with_table(|t| t.trim(cap));
         evicted.into_iter().for_each(|c| self.close_evicted(c));
     }
 }
@@ -359,12 +357,7 @@ impl Connections {
     /// declares `peer` down, since a crashed peer never closes its side and its calls would
     /// otherwise wait for QUIC's idle timeout.
     pub fn close_peer(&self, peer: SocketAddr, reason: &str) {
-        let closed = {
-            let mut s = self.inner.state();
-            let c = s.table.remove_peer(node_addr(peer));
-            self.inner.open.store(s.table.len(), Ordering::Relaxed);
-            c
-        };
+        let closed = self.inner.with_table(|t| t.remove_peer(node_addr(peer)));
         for c in closed {
             debug!(%peer, reason, "closing connection");
             c.close(close_code::PEER_DOWN.into(), reason.as_bytes());
@@ -565,7 +558,5 @@ async fn accept_streams(
         });
     };
     debug!(%peer, %reason, "connection closed");
-    let mut s = inner.state();
-    s.table.remove(id);
-    inner.open.store(s.table.len(), Ordering::Relaxed);
+    inner.with_table(|t| t.remove(id));
 }

@@ -318,10 +318,10 @@ impl Membership {
     /// Rescales SWIM's suspicion timeout and transmissions to the members now seen
     /// (`MembershipConfig::scaling`); cheap when the count has not changed.
     fn rescale_swim(&mut self) {
-        let n = self.foca.num_members() + 1;
         let Some(scaling) = self.config.scaling else {
             return;
         };
+        let n = self.foca.num_members() + 1;
         if n == self.scaled_for {
             return;
         }

@@ -2,7 +2,6 @@
 //! the connection it had to dial.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::debug;
@@ -34,33 +33,21 @@ impl Connections {
         });
     }
 
-    /// Closes `conn` if nothing used it since tick `since` and nothing uses it now; `true` if it
-    /// closed.
+    /// Closes `conn` if nothing used it since tick `since` and nothing uses it now.
     fn close_if_unused(
         &self,
         peer: SocketAddr,
         conn: &quinn::Connection,
         since: u64,
         reason: &str,
-    ) -> bool {
+    ) {
         let id = conn.stable_id();
-        let closed = {
-            let mut s = self.inner.state();
-            let c = s.table.retire_idle(
-                node_addr(peer),
-                |c: &quinn::Connection| c.stable_id() == id,
-                since,
-            );
-            self.inner.open.store(s.table.len(), Ordering::Relaxed);
-            c
-        };
-        match closed {
-            Some(c) => {
-                debug!(%peer, reason, "closing idle connection");
-                c.close(close_code::EVICTED.into(), reason.as_bytes());
-                true
-            }
-            None => false,
+        let closed = self
+            .inner
+            .with_table(|t| t.retire_idle(node_addr(peer), |c| c.stable_id() == id, since));
+        if let Some(c) = closed {
+            debug!(%peer, reason, "closing idle connection");
+            c.close(close_code::EVICTED.into(), reason.as_bytes());
         }
     }
 }
