@@ -301,16 +301,24 @@ impl Sim {
         self.drain(i);
     }
 
+    /// This fraction of the alive nodes, never node 0 (the seed), chosen at random.
+    fn pick_alive(&mut self, fraction: f64) -> Vec<usize> {
+        let mut alive: Vec<usize> = self.alive().filter(|&j| j != 0).collect();
+        let k = ((alive.len() as f64) * fraction).round() as usize;
+        (0..k.min(alive.len()))
+            .map(|_| {
+                let pick = self.rng.random_range(0..alive.len());
+                alive.swap_remove(pick)
+            })
+            .collect()
+    }
+
     fn act(&mut self, i: usize) {
         let kind = self.scenario.events[i].kind.clone();
         let n = self.nodes.len();
         match kind {
             ActionKind::Crash { fraction } => {
-                let mut alive: Vec<usize> = self.alive().filter(|&j| j != 0).collect();
-                let k = ((alive.len() as f64) * fraction).round() as usize;
-                for _ in 0..k.min(alive.len()) {
-                    let pick = self.rng.random_range(0..alive.len());
-                    let victim = alive.swap_remove(pick);
+                for victim in self.pick_alive(fraction) {
                     let Some(generation) = self.nodes[victim].generation() else {
                         continue;
                     };
@@ -336,12 +344,8 @@ impl Sim {
                 fraction,
                 duration_s,
             } => {
-                let mut alive: Vec<usize> = self.alive().filter(|&j| j != 0).collect();
-                let k = ((alive.len() as f64) * fraction).round() as usize;
                 let until = self.now + Duration::from_secs_f64(duration_s.max(0.0));
-                for _ in 0..k.min(alive.len()) {
-                    let pick = self.rng.random_range(0..alive.len());
-                    let victim = alive.swap_remove(pick);
+                for victim in self.pick_alive(fraction) {
                     self.nodes[victim].stalled_until = Some(until);
                 }
                 self.healed_at = Some(until);
